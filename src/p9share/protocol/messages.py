@@ -30,6 +30,7 @@ from .wire import (
     encode_string,
 )
 
+_NO_QID = Qid(0, 0, 0)
 _FIXED = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "qid": "BIQ"}
 
 
@@ -39,7 +40,7 @@ class Stat:
 
     type: int = 0
     dev: int = 0
-    qid: Qid = Qid(0, 0, 0)
+    qid: Qid = _NO_QID
     mode: int = 0
     atime: int = 0
     mtime: int = 0
@@ -90,7 +91,7 @@ class Stat:
         end = off + 2 + size
         if end > len(buf):
             raise ProtocolError("stat runs past the end of the message")
-        sub = memoryview(buf)[: end]
+        sub = memoryview(buf)[:end]
         p = off
         if p + cls._HEAD.size > end:
             raise ProtocolError("stat too short")
@@ -768,7 +769,9 @@ class Rwstat(Message):
 
 
 ALL_MESSAGES: tuple[type[Message], ...] = tuple(
-    c for c in list(globals().values()) if isinstance(c, type) and issubclass(c, Message) and c is not Message
+    c
+    for c in list(globals().values())
+    if isinstance(c, type) and issubclass(c, Message) and c is not Message
 )
 MESSAGE_BY_TYPE: dict[int, type[Message]] = {int(c.TYPE): c for c in ALL_MESSAGES}
 
@@ -980,7 +983,9 @@ def decode_body(mtype: int, body: memoryview, dialect: Dialect) -> Message:
         raise ProtocolError(str(e)) from None
 
 
-def decode_message(frame: bytes | memoryview, dialect: Dialect = Dialect.P9P2000L) -> tuple[int, Message]:
+def decode_message(
+    frame: bytes | memoryview, dialect: Dialect = Dialect.P9P2000L
+) -> tuple[int, Message]:
     """Decode one whole frame (size included). Returns (tag, message)."""
     mv = memoryview(frame)
     if len(mv) < 7:
@@ -1009,7 +1014,11 @@ _DIRENT_HEAD = struct.Struct("<BIQQB")
 
 def encode_dirent(qid: Qid, offset: int, dtype: int, name: bytes) -> bytes:
     """name is already UTF-8 encoded (callers measure it against the count)."""
-    return _DIRENT_HEAD.pack(qid.type, qid.version, qid.path, offset, dtype) + U16.pack(len(name)) + name
+    return (
+        _DIRENT_HEAD.pack(qid.type, qid.version, qid.path, offset, dtype)
+        + U16.pack(len(name))
+        + name
+    )
 
 
 def dirent_size(name: bytes) -> int:

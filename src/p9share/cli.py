@@ -1,0 +1,178 @@
+"""The p9share command line.
+
+    p9share serve [PATH] [--export NAME=PATH[:ro]]... [--listen ADDR]...
+                  [--msize BYTES] [--log-level LEVEL]
+
+This grammar is a contract that scripts and the tests rely on: keep it stable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from .policy import Export, Policy
+from .protocol.constants import DEFAULT_MAX_MSIZE, MIN_MSIZE, Dialect
+from .server.transport import Address, AddressError, parse_address
+
+DEFAULT_LISTEN = "tcp:127.0.0.1:5640"
+MAX_MSIZE_LIMIT = 16 * 1024 * 1024
+
+
+class UsageError(Exception):
+    """A bad argument: printed as one line, exit status 2."""
+
+
+def _export_arg(text: str) -> Export:
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise UsageError(f"bad --export {text!r}: expected NAME=PATH or NAME=PATH:ro")
+    if "/" in name:
+        raise UsageError(f"bad export name {name!r}: it must not contain '/'")
+    readonly = False
+    if rest.endswith(":ro"):
+        rest, readonly = rest[:-3], True
+    elif rest.endswith(":rw"):
+        rest = rest[:-3]
+    return Export(name, rest, readonly)
+
+
+def _check_dir(exp: Export) -> Export:
+    path = os.path.abspath(exp.path)
+    if not os.path.exists(path):
+        raise UsageError(f"export {exp.name!r}: {exp.path}: no such directory")
+    if not os.path.isdir(path):
+        raise UsageError(f"export {exp.name!r}: {exp.path}: not a directory")
+    return Export(exp.name, path, exp.readonly)
+
+
+def build_policy(path: str | None, exports: Sequence[str]) -> Policy:
+    """The one-export-per-flag policy the command line stands for."""
+    items: list[Export] = [_export_arg(e) for e in exports]
+    if path is not None or not items:
+        p = os.path.abspath(path if path is not None else ".")
+        items.insert(0, Export(os.path.basename(p.rstrip("/")) or "root", p))
+    policy = Policy()
+    for exp in items:
+        if exp.name in policy.exports:
+            raise UsageError(f"export name {exp.name!r} is used twice")
+        policy.exports[exp.name] = _check_dir(exp)
+    return policy
+
+
+def _msize_arg(text: str) -> int:
+    try:
+        n = int(text, 0)
+    except ValueError:
+        raise UsageError(f"bad --msize {text!r}: expected a number of bytes") from None
+    if not MIN_MSIZE <= n <= MAX_MSIZE_LIMIT:
+        raise UsageError(f"--msize {n} out of range: {MIN_MSIZE} to {MAX_MSIZE_LIMIT}")
+    return n
+
+
+def mount_hint(addr: Address, export: str, msize: int) -> str:
+    """The guest-side command that mounts this listener."""
+    opts = f"version=9p2000.L,msize={msize},aname={export}"
+    if addr.kind == "tcp":
+        host = "10.0.2.2" if addr.host in ("127.0.0.1", "localhost", "::1") else addr.host
+        note = (
+            " (QEMU user networking: 10.0.2.2 is the host's loopback)" if host == "10.0.2.2" else ""
+        )
+        return f"mount -t 9p -o trans=tcp,port={addr.port},{opts} {host} /mnt{note}"
+    if addr.kind == "unix":
+        return (
+            f"QEMU: -chardev socket,id=p9,path={addr.path} -device virtio-serial-pci "
+            f"-device virtserialport,chardev=p9,name=p9share; guest: mount -t 9p -o "
+            f"trans=fd,rfdno=3,wfdno=4,{opts} p9share /mnt 3<PORT-IN 4>PORT-OUT"
+        )
+    return f"serving the inherited connection {addr}"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.server import Server
+
+    policy = build_policy(args.path, args.export)
+    msize = _msize_arg(args.msize) if args.msize else DEFAULT_MAX_MSIZE
+    addrs = [parse_address(a) for a in (args.listen or [DEFAULT_LISTEN])]
+    try:
+        server = Server(policy, msize=msize, dialects=frozenset({Dialect.P9P2000L}))
+    except OSError as e:
+        raise UsageError(f"cannot open export: {e.filename or ''} {e.strerror}".strip()) from None
+    log = logging.getLogger("p9share")
+    try:
+        bound = [server.listen(a) for a in addrs]
+    except AddressError:
+        server.stop()
+        raise
+    for exp in policy.exports.values():
+        log.info("export %r: %s%s", exp.name, exp.path, " (read-only)" if exp.readonly else "")
+    first = next(iter(policy.exports))
+    for b in bound:
+        print(f"p9share: serving on {b}", file=sys.stderr)
+        print(f"  guest: {mount_hint(b, first, msize)}", file=sys.stderr)
+    print(
+        "p9share: warning: no policy file: any local user who can reach these "
+        "listeners can read and write the exports",
+        file=sys.stderr,
+    )
+    sys.stderr.flush()
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        server.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while not server.wait(1.0):
+        pass
+    server.stop()
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="p9share", description="Share host directories with VMs over 9P."
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    s = sub.add_parser("serve", help="export directories over 9P2000.L")
+    s.add_argument("path", nargs="?", help="directory to export (default: the current directory)")
+    s.add_argument("--export", action="append", default=[], metavar="NAME=PATH[:ro]",
+                   help="export PATH under attach name NAME (repeatable)")  # fmt: skip
+    s.add_argument("--listen", action="append", metavar="ADDR",
+                   help=f"tcp:HOST:PORT, unix:PATH or fd:N (repeatable; default {DEFAULT_LISTEN})")  # fmt: skip
+    s.add_argument(
+        "--msize",
+        metavar="BYTES",
+        help=f"largest message size offered (default {DEFAULT_MAX_MSIZE})",
+    )
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, str(getattr(args, "log_level", "info")).upper()),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except (UsageError, AddressError) as e:
+        print(f"p9share: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

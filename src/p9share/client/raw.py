@@ -1,0 +1,128 @@
+"""A blocking, message-level 9P client over a socket.
+
+It sends exactly the messages it is given (or raw bytes), so tests and the
+conformance suite can speak correct and deliberately broken 9P to any server.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Iterable
+
+from ..protocol import messages as m
+from ..protocol.constants import NOFID, NOTAG, Dialect
+from ..protocol.wire import U32
+
+
+class ServerError(OSError):
+    """An Rlerror / Rerror reply, as the matching OSError."""
+
+
+def connect(address: str, timeout: float | None = 30.0) -> socket.socket:
+    """A socket connected to tcp:HOST:PORT or unix:PATH."""
+    kind, _, rest = address.partition(":")
+    if kind == "unix":
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect(rest)
+        return s
+    if kind == "tcp":
+        host, _, port = rest.rpartition(":")
+        host = host.strip("[]")
+        s = socket.create_connection((host, int(port)), timeout=timeout)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return s
+    raise ValueError(f"bad address {address!r}: expected tcp:HOST:PORT or unix:PATH")
+
+
+class RawClient:
+    def __init__(self, sock: socket.socket, dialect: Dialect = Dialect.P9P2000L) -> None:
+        self.sock = sock
+        self.dialect = dialect
+        self.msize = 8192
+        self._next_tag = 1
+
+    @classmethod
+    def connect(cls, address: str, timeout: float | None = 30.0) -> RawClient:
+        return cls(connect(address, timeout))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- framing
+    def tag(self) -> int:
+        t = self._next_tag
+        self._next_tag = (self._next_tag % 0xFFFE) + 1
+        return t
+
+    def send(self, msg: m.Message, tag: int | None = None) -> int:
+        tag = self.tag() if tag is None else tag
+        self.sock.sendall(m.encode_message(msg, tag, self.dialect))
+        return tag
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buf += chunk
+        return bytes(buf)
+
+    def recv_frame(self) -> bytes:
+        head = self._recv_exact(4)
+        (size,) = U32.unpack(head)
+        if size < 7:
+            raise ConnectionError(f"server sent a frame of size {size}")
+        return head + self._recv_exact(size - 4)
+
+    def recv(self) -> tuple[int, m.Message]:
+        frame = self.recv_frame()
+        return m.decode_message(frame, self.dialect)
+
+    def rpc(self, msg: m.Message) -> m.Message:
+        """Send msg and return its reply; raise ServerError for an error reply."""
+        tag = self.send(msg)
+        rtag, reply = self.recv()
+        if rtag != tag:
+            raise ConnectionError(f"reply tag {rtag} for request tag {tag}")
+        check(reply)
+        return reply
+
+    # ---- conveniences
+    def version(self, msize: int = 65536 + 24, version: str | None = None) -> m.Rversion:
+        self.send(m.Tversion(msize, version or self.dialect.value), tag=NOTAG)
+        _, r = self.recv()
+        assert isinstance(r, m.Rversion), r
+        self.msize = r.msize
+        return r
+
+    def attach(
+        self, fid: int = 0, aname: str = "", uname: str = "root", n_uname: int = 0
+    ) -> m.Rattach:
+        r = self.rpc(m.Tattach(fid, NOFID, uname, aname, n_uname))
+        assert isinstance(r, m.Rattach)
+        return r
+
+    def walk(self, fid: int, newfid: int, names: Iterable[str]) -> m.Rwalk:
+        r = self.rpc(m.Twalk(fid, newfid, list(names)))
+        assert isinstance(r, m.Rwalk)
+        return r
+
+
+def check(reply: m.Message) -> None:
+    if isinstance(reply, m.Rlerror):
+        raise ServerError(reply.ecode, os.strerror(reply.ecode))
+    if isinstance(reply, m.Rerror):
+        raise ServerError(reply.errno or errno.EIO, reply.ename)

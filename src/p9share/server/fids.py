@@ -1,0 +1,123 @@
+"""The fid table of one connection.
+
+A fid can be in use by a request running on a worker thread while another
+request clunks it. The table removes a clunked fid at once (its number is free
+for reuse) but the fid's resources are released only when the last request
+using it finishes, so an open file descriptor is never closed under a running
+pread and then reused for another file.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import threading
+from dataclasses import dataclass
+
+from ..backend.base import Backend, Node, OpenFile
+from ..policy import Export
+
+
+class FidKind(enum.Enum):
+    FILE = "file"  # refers to a node, maybe opened
+    XATTR_READ = "xattr-read"  # Txattrwalk result: a value or a name list to read
+    XATTR_WRITE = "xattr-write"  # after Txattrcreate: collects the value until clunk
+
+
+@dataclass(slots=True, eq=False)
+class XattrWrite:
+    name: str
+    size: int
+    flags: int
+    data: bytearray
+
+
+@dataclass(slots=True, eq=False)
+class Fid:
+    num: int
+    export: Export
+    backend: Backend
+    node: Node
+    uid: int  # the guest user this fid was attached for
+    kind: FidKind = FidKind.FILE
+    file: OpenFile | None = None
+    open_flags: int = 0  # host flags of the open file
+    is_dir: bool = False
+    xattr_value: bytes = b""
+    xattr_write: XattrWrite | None = None
+    # 9P2000/.u directory reads: stat entries not yet returned, and the offset they start at
+    dir_pending: bytes = b""
+    dir_offset: int = 0
+    dir_cookie: int = 0
+    remove_on_clunk: bool = False
+    # bookkeeping
+    users: int = 0
+    clunked: bool = False
+
+    def release_resources(self) -> None:
+        if self.file is not None:
+            file, self.file = self.file, None
+            self.backend.close(file)
+        self.backend.release(self.node)
+
+
+class FidTable:
+    def __init__(self) -> None:
+        self._fids: dict[int, Fid] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._fids)
+
+    def acquire(self, num: int) -> Fid:
+        """The fid for a request; pair with release(). EBADF if unknown."""
+        with self._lock:
+            f = self._fids.get(num)
+            if f is None:
+                raise OSError(errno.EBADF, f"unknown fid {num}")
+            f.users += 1
+            return f
+
+    def release(self, f: Fid) -> None:
+        with self._lock:
+            f.users -= 1
+            done = f.clunked and f.users == 0
+        if done:
+            f.release_resources()
+
+    def add(self, f: Fid) -> None:
+        """Insert a new fid; EEXIST if the number is taken."""
+        with self._lock:
+            if f.num in self._fids:
+                raise OSError(errno.EEXIST, f"fid {f.num} is in use")
+            self._fids[f.num] = f
+
+    def check_free(self, num: int) -> None:
+        with self._lock:
+            if num in self._fids:
+                raise OSError(errno.EEXIST, f"fid {num} is in use")
+
+    def replace(self, f: Fid, new: Fid) -> None:
+        """Put `new` under f's number (walk with newfid == fid); f is released
+        when its users finish."""
+        with self._lock:
+            self._fids[f.num] = new
+            f.clunked = True
+
+    def clunk(self, f: Fid) -> None:
+        """Remove f (which the caller holds) from the table; its resources go
+        when the last user releases it."""
+        with self._lock:
+            if self._fids.get(f.num) is f:
+                del self._fids[f.num]
+            f.clunked = True
+
+    def clear(self) -> list[Fid]:
+        """Forget every fid (Tversion, connection end). Returns the idle ones,
+        for the caller to release; busy ones are released by their last user."""
+        with self._lock:
+            fids = list(self._fids.values())
+            self._fids.clear()
+            for f in fids:
+                f.clunked = True
+            return [f for f in fids if f.users == 0]

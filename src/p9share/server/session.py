@@ -1,0 +1,611 @@
+"""Request handling of one connection: fid rules and the operations.
+
+A Session turns a decoded request into a reply message. It knows the fid
+rules of 9P and asks the policy for every security decision and the backend
+for every filesystem operation. It does no I/O of its own: the connection
+module feeds it requests and sends what it returns.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat as stat_mod
+from collections.abc import Callable
+from typing import Any
+
+from ..backend.base import NOW, Backend, LockRequest, SetAttr, TimeSpec
+from ..policy import Export, Policy, PolicyError
+from ..protocol import constants as c
+from ..protocol import messages as m
+from ..protocol.connection import ServerConnection
+from ..protocol.wire import Qid
+from .fids import Fid, FidKind, FidTable, XattrWrite
+from .openflags import dotl_create_flags, dotl_to_host, wants_write
+
+log = logging.getLogger("p9share.server")
+
+XATTR_SIZE_MAX = 65536  # Linux's limit for one value
+RREAD_OVERHEAD = 11  # size[4] type[1] tag[2] count[4]
+GETATTR_SUPPORTED = c.GetattrMask.BASIC | c.GetattrMask.BTIME
+
+
+class Session:
+    """The fids and operations of one 9P connection."""
+
+    def __init__(
+        self,
+        proto: ServerConnection,
+        policy: Policy,
+        backends: dict[str, Backend],
+        peer: str = "",
+    ) -> None:
+        self.proto = proto
+        self.policy = policy
+        self.backends = backends
+        self.peer = peer
+        self.fids = FidTable()
+        self._handlers: dict[type[m.Message], Callable[[Any], m.Message]] = {
+            m.Tauth: self.auth,
+            m.Tattach: self.attach,
+            m.Twalk: self.walk,
+            m.Tclunk: self.clunk,
+            m.Tremove: self.remove,
+            m.Tread: self.read,
+            m.Twrite: self.write,
+            m.Tstatfs: self.statfs,
+            m.Tlopen: self.lopen,
+            m.Tlcreate: self.lcreate,
+            m.Tsymlink: self.symlink,
+            m.Tmknod: self.mknod,
+            m.Trename: self.rename,
+            m.Treadlink: self.readlink,
+            m.Tgetattr: self.getattr,
+            m.Tsetattr: self.setattr,
+            m.Txattrwalk: self.xattrwalk,
+            m.Txattrcreate: self.xattrcreate,
+            m.Treaddir: self.readdir,
+            m.Tfsync: self.fsync,
+            m.Tlock: self.lock,
+            m.Tgetlock: self.getlock,
+            m.Tlink: self.link,
+            m.Tmkdir: self.mkdir,
+            m.Trenameat: self.renameat,
+            m.Tunlinkat: self.unlinkat,
+        }
+
+    # ------------------------------------------------------------ dispatch --
+    def handle(self, msg: m.Message) -> m.Message:
+        """The reply to one request (never raises)."""
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            return self.proto.error_reply(errno.EOPNOTSUPP)
+        try:
+            return handler(msg)
+        except PolicyError as e:
+            log.info("%s: denied %s: %s", self.peer, type(msg).__name__, e.reason)
+            return self.proto.error_reply(e.errno or errno.EACCES, e.reason)
+        except OSError as e:
+            return self.proto.error_reply(e.errno or errno.EIO)
+        except Exception:  # a server bug must not take the connection down
+            log.exception("%s: internal error handling %r", self.peer, msg)
+            return self.proto.error_reply(errno.EIO)
+
+    def reset(self) -> None:
+        """Drop every fid (Tversion or the end of the connection)."""
+        for f in self.fids.clear():
+            try:
+                self._finish_clunk(f)
+            except OSError:
+                pass
+            f.release_resources()
+
+    # -------------------------------------------------------------- helpers --
+    def _fid(self, num: int) -> Fid:
+        return self.fids.acquire(num)
+
+    def _done(self, *fids: Fid) -> None:
+        for f in fids:
+            self.fids.release(f)
+
+    def _iounit(self) -> int:
+        return self.proto.msize - c.IOHDRSZ
+
+    @staticmethod
+    def _need_node(f: Fid) -> None:
+        if f.kind is not FidKind.FILE:
+            raise OSError(errno.EBADF, "fid is an xattr fid")
+
+    def _need_dir(self, f: Fid) -> None:
+        self._need_node(f)
+        if not f.node.qid.type & c.QidType.DIR:
+            raise OSError(errno.ENOTDIR, "not a directory")
+
+    @staticmethod
+    def _need_unopened(f: Fid) -> None:
+        if f.file is not None:
+            raise OSError(errno.EBADF, "fid is already open")
+
+    @staticmethod
+    def _need_open(f: Fid) -> None:
+        if f.file is None:
+            raise OSError(errno.EBADF, "fid is not open")
+
+    def _owner(self, f: Fid, gid: int) -> tuple[int, int] | None:
+        return self.policy.owner(f.uid, gid)
+
+    # ------------------------------------------------------ session and fids --
+    def auth(self, msg: m.Tauth) -> m.Message:
+        raise OSError(errno.EOPNOTSUPP, "authentication is not required")
+
+    def attach(self, msg: m.Tattach) -> m.Message:
+        if msg.afid != c.NOFID:
+            raise OSError(errno.EINVAL, "no authentication fid can exist: Tauth is not offered")
+        self.fids.check_free(msg.fid)
+        try:
+            export: Export = self.policy.select_export(msg.aname)
+        except PolicyError as e:
+            log.warning("%s: attach refused (aname %r): %s", self.peer, msg.aname, e.reason)
+            raise
+        backend = self.backends[export.name]
+        uid = msg.n_uname if msg.n_uname != c.NONUNAME else _uid_of(msg.uname)
+        node = backend.root()
+        f = Fid(msg.fid, export, backend, node, uid, is_dir=True)
+        try:
+            self.fids.add(f)
+        except OSError:
+            backend.release(node)
+            raise
+        log.debug("%s: attach fid %d to %r as uid %d", self.peer, msg.fid, export.name, uid)
+        return m.Rattach(node.qid)
+
+    def walk(self, msg: m.Twalk) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            self._need_node(f)
+            if msg.newfid != msg.fid:
+                self.fids.check_free(msg.newfid)
+            elif f.file is not None:
+                raise OSError(errno.EBUSY, "cannot walk an open fid onto itself")
+            for name in msg.wnames:
+                self.policy.check_walk_name(name)
+            backend = f.backend
+            node = backend.clone(f.node)
+            qids: list[Qid] = []
+            try:
+                for name in msg.wnames:
+                    if not node.qid.type & c.QidType.DIR:
+                        raise OSError(errno.ENOTDIR, "not a directory")
+                    nxt = backend.walk(node, name)
+                    backend.release(node)
+                    node = nxt
+                    qids.append(node.qid)
+            except OSError:
+                backend.release(node)
+                if not qids:
+                    raise
+                return m.Rwalk(qids)  # partial walk: newfid is not created
+            new = Fid(
+                msg.newfid, f.export, backend, node, f.uid,
+                is_dir=bool(node.qid.type & c.QidType.DIR),
+            )  # fmt: skip
+            if msg.newfid == msg.fid:
+                self.fids.replace(f, new)
+            else:
+                try:
+                    self.fids.add(new)
+                except OSError:
+                    backend.release(node)
+                    raise
+            return m.Rwalk(qids)
+        finally:
+            self._done(f)
+
+    def clunk(self, msg: m.Tclunk) -> m.Message:
+        f = self._fid(msg.fid)
+        self.fids.clunk(f)  # released even when finishing fails
+        try:
+            self._finish_clunk(f)
+        finally:
+            self._done(f)
+        return m.Rclunk()
+
+    def _finish_clunk(self, f: Fid) -> None:
+        """What a clunk completes: an xattr value is written, ORCLOSE removes."""
+        if f.kind is FidKind.XATTR_WRITE and f.xattr_write is not None:
+            xw, f.xattr_write = f.xattr_write, None
+            if len(xw.data) != xw.size:
+                raise OSError(errno.EINVAL, f"xattr got {len(xw.data)} of {xw.size} bytes")
+            if xw.size == 0:
+                f.backend.xattr_remove(f.node, xw.name)
+            else:
+                f.backend.xattr_set(f.node, xw.name, bytes(xw.data), xw.flags)
+        if f.remove_on_clunk:
+            f.remove_on_clunk = False
+            f.backend.remove(f.node)
+
+    def remove(self, msg: m.Tremove) -> m.Message:
+        f = self._fid(msg.fid)
+        self.fids.clunk(f)  # the fid goes whether or not the remove works
+        try:
+            self._need_node(f)
+            f.backend.remove(f.node)
+        finally:
+            self._done(f)
+        return m.Rremove()
+
+    # ------------------------------------------------------------------ I/O --
+    def read(self, msg: m.Tread) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            count = min(msg.count, self.proto.msize - RREAD_OVERHEAD)
+            if f.kind is FidKind.XATTR_READ:
+                return m.Rread(f.xattr_value[msg.offset : msg.offset + count])
+            if f.kind is FidKind.XATTR_WRITE:
+                raise OSError(errno.EBADF, "xattr fid is open for writing")
+            self._need_open(f)
+            assert f.file is not None
+            if f.is_dir:
+                raise OSError(errno.EISDIR, "use Treaddir on a directory")
+            if f.open_flags & os.O_ACCMODE == os.O_WRONLY:
+                raise OSError(errno.EBADF, "fid is not open for reading")
+            return m.Rread(f.backend.read(f.file, msg.offset, count))
+        finally:
+            self._done(f)
+
+    def write(self, msg: m.Twrite) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            if f.kind is FidKind.XATTR_WRITE and f.xattr_write is not None:
+                xw = f.xattr_write
+                end = msg.offset + len(msg.data)
+                if msg.offset != len(xw.data) or end > xw.size:
+                    raise OSError(errno.EINVAL, "xattr value written out of order or too long")
+                xw.data += msg.data
+                return m.Rwrite(len(msg.data))
+            self._need_node(f)
+            self._need_open(f)
+            assert f.file is not None
+            if f.open_flags & os.O_ACCMODE == os.O_RDONLY:
+                raise OSError(errno.EBADF, "fid is not open for writing")
+            n = f.backend.write(f.file, msg.offset, msg.data)
+            return m.Rwrite(n)
+        finally:
+            self._done(f)
+
+    # ------------------------------------------------------------ 9P2000.L --
+    def statfs(self, msg: m.Tstatfs) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            self._need_node(f)
+            s = f.backend.statfs(f.node)
+            return m.Rstatfs(
+                s.type, s.bsize, s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.fsid, s.namelen
+            )
+        finally:
+            self._done(f)
+
+    def lopen(self, msg: m.Tlopen) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            self._need_node(f)
+            self._need_unopened(f)
+            flags = dotl_to_host(msg.flags)
+            if f.is_dir:
+                if wants_write(flags):
+                    raise OSError(errno.EISDIR, "directories open read-only")
+                flags |= os.O_DIRECTORY
+            if f.export.readonly and wants_write(flags):
+                raise PolicyError(errno.EROFS, "export is read-only")
+            f.file = f.backend.open(f.node, flags)
+            f.open_flags = flags
+            return m.Rlopen(f.node.qid, self._iounit())
+        finally:
+            self._done(f)
+
+    def lcreate(self, msg: m.Tlcreate) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            self._need_dir(f)
+            self._need_unopened(f)
+            self.policy.check_new_name(msg.name)
+            if f.export.readonly:
+                raise PolicyError(errno.EROFS, "export is read-only")
+            flags = dotl_create_flags(msg.flags)
+            node, file = f.backend.create(
+                f.node, msg.name, flags, msg.mode & 0o7777, self._owner(f, msg.gid)
+            )
+            # the fid now stands for the new, open file
+            old = f.node
+            f.node, f.file, f.open_flags, f.is_dir = node, file, flags, False
+            f.backend.release(old)
+            return m.Rlcreate(node.qid, self._iounit())
+        finally:
+            self._done(f)
+
+    def _dir_change(self, dfid: int, name: str) -> Fid:
+        d = self._fid(dfid)
+        try:
+            self._need_dir(d)
+            self.policy.check_new_name(name)
+            if d.export.readonly:
+                raise PolicyError(errno.EROFS, "export is read-only")
+        except OSError:
+            self._done(d)
+            raise
+        return d
+
+    def symlink(self, msg: m.Tsymlink) -> m.Message:
+        d = self._dir_change(msg.dfid, msg.name)
+        try:
+            if not msg.symtgt:
+                raise OSError(errno.ENOENT, "empty symlink target")
+            q = d.backend.symlink(d.node, msg.name, msg.symtgt, self._owner(d, msg.gid))
+            return m.Rsymlink(q)
+        finally:
+            self._done(d)
+
+    def mknod(self, msg: m.Tmknod) -> m.Message:
+        d = self._dir_change(msg.dfid, msg.name)
+        try:
+            kind = stat_mod.S_IFMT(msg.mode) or stat_mod.S_IFREG
+            rdev = os.makedev(msg.major, msg.minor)
+            q = d.backend.mknod(
+                d.node, msg.name, kind | (msg.mode & 0o7777), rdev, self._owner(d, msg.gid)
+            )
+            return m.Rmknod(q)
+        finally:
+            self._done(d)
+
+    def mkdir(self, msg: m.Tmkdir) -> m.Message:
+        d = self._dir_change(msg.dfid, msg.name)
+        try:
+            q = d.backend.mkdir(d.node, msg.name, msg.mode & 0o7777, self._owner(d, msg.gid))
+            return m.Rmkdir(q)
+        finally:
+            self._done(d)
+
+    def link(self, msg: m.Tlink) -> m.Message:
+        d = self._dir_change(msg.dfid, msg.name)
+        try:
+            t = self._fid(msg.fid)
+            try:
+                self._need_node(t)
+                if t.export is not d.export:
+                    raise PolicyError(errno.EXDEV, "link across exports")
+                if t.is_dir:
+                    raise OSError(errno.EPERM, "hard link to a directory")
+                d.backend.link(d.node, t.node, msg.name)
+            finally:
+                self._done(t)
+            return m.Rlink()
+        finally:
+            self._done(d)
+
+    def rename(self, msg: m.Trename) -> m.Message:
+        d = self._dir_change(msg.dfid, msg.name)
+        try:
+            f = self._fid(msg.fid)
+            try:
+                self._need_node(f)
+                if f.export is not d.export:
+                    raise PolicyError(errno.EXDEV, "rename across exports")
+                f.backend.rename_node(f.node, d.node, msg.name)
+            finally:
+                self._done(f)
+            return m.Rrename()
+        finally:
+            self._done(d)
+
+    def renameat(self, msg: m.Trenameat) -> m.Message:
+        old = self._dir_change(msg.olddirfid, msg.oldname)
+        try:
+            new = self._dir_change(msg.newdirfid, msg.newname)
+            try:
+                if old.export is not new.export:
+                    raise PolicyError(errno.EXDEV, "rename across exports")
+                old.backend.rename(old.node, msg.oldname, new.node, msg.newname)
+            finally:
+                self._done(new)
+            return m.Rrenameat()
+        finally:
+            self._done(old)
+
+    def unlinkat(self, msg: m.Tunlinkat) -> m.Message:
+        d = self._dir_change(msg.dirfid, msg.name)
+        try:
+            if msg.flags & ~c.AT_REMOVEDIR:
+                raise OSError(errno.EINVAL, f"unknown unlinkat flags {msg.flags:#x}")
+            d.backend.unlink(d.node, msg.name, bool(msg.flags & c.AT_REMOVEDIR))
+            return m.Runlinkat()
+        finally:
+            self._done(d)
+
+    def readlink(self, msg: m.Treadlink) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            self._need_node(f)
+            return m.Rreadlink(f.backend.readlink(f.node))
+        finally:
+            self._done(f)
+
+    def getattr(self, msg: m.Tgetattr) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            self._need_node(f)
+            a = f.backend.getattr(f.node)
+            valid = c.GetattrMask.BASIC | (c.GetattrMask.BTIME if a.btime_ns else 0)
+            return m.Rgetattr(
+                int(valid), a.qid, a.mode, a.uid, a.gid, a.nlink, a.rdev, a.size, a.blksize,
+                a.blocks, *_split(a.atime_ns), *_split(a.mtime_ns), *_split(a.ctime_ns),
+                *_split(a.btime_ns), a.gen, a.data_version,
+            )  # fmt: skip
+        finally:
+            self._done(f)
+
+    def setattr(self, msg: m.Tsetattr) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            self._need_node(f)
+            v = msg.valid
+            if v & ~0x1FF:
+                raise OSError(errno.EINVAL, f"unknown setattr bits {v:#x}")
+            if f.export.readonly and v:
+                raise PolicyError(errno.EROFS, "export is read-only")
+            ch = SetAttr(
+                mode=msg.mode & 0o7777 if v & c.SetattrValid.MODE else None,
+                uid=msg.uid if v & c.SetattrValid.UID else None,
+                gid=msg.gid if v & c.SetattrValid.GID else None,
+                size=msg.size if v & c.SetattrValid.SIZE else None,
+                atime=_time(v, c.SetattrValid.ATIME, c.SetattrValid.ATIME_SET,
+                            msg.atime_sec, msg.atime_nsec),
+                mtime=_time(v, c.SetattrValid.MTIME, c.SetattrValid.MTIME_SET,
+                            msg.mtime_sec, msg.mtime_nsec),
+                ctime=bool(v & c.SetattrValid.CTIME),
+            )  # fmt: skip
+            if v:
+                f.backend.setattr(f.node, ch, f.file)
+            return m.Rsetattr()
+        finally:
+            self._done(f)
+
+    def xattrwalk(self, msg: m.Txattrwalk) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            self._need_node(f)
+            if msg.newfid != msg.fid:
+                self.fids.check_free(msg.newfid)
+            if msg.name:
+                value = f.backend.xattr_get(f.node, msg.name)
+            else:
+                names = f.backend.xattr_list(f.node)
+                value = b"".join(n.encode() + b"\0" for n in names)
+            new = Fid(
+                msg.newfid, f.export, f.backend, f.backend.clone(f.node), f.uid,
+                kind=FidKind.XATTR_READ, xattr_value=value,
+            )  # fmt: skip
+            if msg.newfid == msg.fid:
+                self.fids.replace(f, new)
+            else:
+                try:
+                    self.fids.add(new)
+                except OSError:
+                    f.backend.release(new.node)
+                    raise
+            return m.Rxattrwalk(len(value))
+        finally:
+            self._done(f)
+
+    def xattrcreate(self, msg: m.Txattrcreate) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            self._need_node(f)
+            self._need_unopened(f)
+            if msg.flags & ~(c.XATTR_CREATE | c.XATTR_REPLACE):
+                raise OSError(errno.EINVAL, f"unknown xattr flags {msg.flags:#x}")
+            if msg.attr_size > XATTR_SIZE_MAX:
+                raise OSError(errno.E2BIG, "xattr value too large")
+            if not msg.name:
+                raise OSError(errno.EINVAL, "empty xattr name")
+            if f.export.readonly:
+                raise PolicyError(errno.EROFS, "export is read-only")
+            f.kind = FidKind.XATTR_WRITE
+            f.xattr_write = XattrWrite(msg.name, msg.attr_size, msg.flags, bytearray())
+            return m.Rxattrcreate()
+        finally:
+            self._done(f)
+
+    def readdir(self, msg: m.Treaddir) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            self._need_node(f)
+            self._need_open(f)
+            assert f.file is not None
+            if not f.is_dir:
+                raise OSError(errno.ENOTDIR, "not a directory")
+            room = min(msg.count, self.proto.msize - RREAD_OVERHEAD)
+            out: list[bytes] = []
+            used = 0
+            for e in f.backend.readdir(f.file, msg.offset):
+                name = e.name.encode()
+                size = m.dirent_size(name)
+                if used + size > room:
+                    if not out:
+                        raise OSError(errno.EINVAL, "count too small for the next entry")
+                    break
+                out.append(m.encode_dirent(e.qid, e.cookie, e.dtype, name))
+                used += size
+            return m.Rreaddir(b"".join(out))
+        finally:
+            self._done(f)
+
+    def fsync(self, msg: m.Tfsync) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            self._need_node(f)
+            self._need_open(f)
+            assert f.file is not None
+            f.backend.fsync(f.file, bool(msg.datasync))
+            return m.Rfsync()
+        finally:
+            self._done(f)
+
+    def lock(self, msg: m.Tlock) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            self._need_node(f)
+            self._need_open(f)
+            assert f.file is not None
+            if msg.type not in (c.LOCK_TYPE_RDLCK, c.LOCK_TYPE_WRLCK, c.LOCK_TYPE_UNLCK):
+                raise OSError(errno.EINVAL, f"bad lock type {msg.type}")
+            if msg.flags & ~(c.LOCK_FLAGS_BLOCK | c.LOCK_FLAGS_RECLAIM):
+                raise OSError(errno.EINVAL, f"bad lock flags {msg.flags:#x}")
+            req = LockRequest(msg.type, msg.start, msg.length, msg.proc_id, msg.client_id)
+            # never wait in the server: a BLOCK request that conflicts gets
+            # BLOCKED and the client retries (Linux polls)
+            return m.Rlock(f.backend.lock(f.file, req))
+        finally:
+            self._done(f)
+
+    def getlock(self, msg: m.Tgetlock) -> m.Message:
+        f = self._fid(msg.fid)
+        try:
+            self._need_node(f)
+            self._need_open(f)
+            assert f.file is not None
+            if msg.type not in (c.LOCK_TYPE_RDLCK, c.LOCK_TYPE_WRLCK):
+                raise OSError(errno.EINVAL, f"bad lock type {msg.type}")
+            req = LockRequest(msg.type, msg.start, msg.length, msg.proc_id, msg.client_id)
+            r = f.backend.getlock(f.file, req)
+            return m.Rgetlock(r.type, r.start, r.length, r.proc_id, r.client_id)
+        finally:
+            self._done(f)
+
+
+def _split(ns: int) -> tuple[int, int]:
+    if ns < 0:
+        return (0, 0)
+    return divmod(ns, 1_000_000_000)
+
+
+def _time(valid: int, bit: int, setbit: int, sec: int, nsec: int) -> TimeSpec:
+    if not valid & bit:
+        return None
+    if not valid & setbit:
+        return NOW
+    if nsec >= 1_000_000_000:
+        raise OSError(errno.EINVAL, "nanoseconds out of range")
+    return sec * 1_000_000_000 + nsec
+
+
+def _uid_of(uname: str) -> int:
+    """A uid for a 9P2000 user name: a number, a local account, or nobody."""
+    if uname.isdigit():
+        return int(uname)
+    try:
+        import pwd
+
+        return pwd.getpwnam(uname).pw_uid
+    except (KeyError, ImportError):
+        return 65534
