@@ -31,7 +31,7 @@ class Node(abc.ABC):
     def qid(self) -> Qid: ...
 
 
-class OpenFile(abc.ABC):
+class OpenFile:
     """An opened node (Tlopen / Tlcreate / Topen / Tcreate). Backend specific."""
 
     __slots__ = ()
@@ -232,5 +232,5 @@ class Backend(abc.ABC):
     def xattr_remove(self, node: Node, name: str) -> None: ...
 
     # ---- lifecycle
-    def shutdown(self) -> None:
+    def shutdown(self) -> None:  # noqa: B027 - an optional hook
         """Release everything the backend holds (end of serve)."""
