@@ -937,6 +937,8 @@ def _make_encoder(cls: type[Message], dialect: Dialect) -> Encoder:
                 out.append(U16.pack(len(v)))
                 out.extend(encode_string(s) for s in v)
             elif kind == "qids":
+                if len(v) > MAXWELEM:
+                    raise ValueError("more than 16 qids")
                 out.append(U16.pack(len(v)))
                 out.extend(QID.pack(*q) for q in v)
             elif kind == "stat":
