@@ -1,0 +1,1254 @@
+"""The host-filesystem backend: one host directory, exported safely.
+
+This is the security boundary between a (possibly hostile) 9P client and the
+host, so it is written the way virtiofsd is:
+
+* Every file is reached through directory file descriptors with *at() calls
+  and O_NOFOLLOW / AT_SYMLINK_NOFOLLOW. No path string under the export is
+  ever built: a symlink planted by the client or swapped in by a host process
+  between two steps can never redirect an operation outside the export. The
+  only path opened by name is the export root, once, at construction.
+* A node holds an O_PATH fd to its file. To do something an O_PATH fd cannot
+  do (read, write, chmod, xattrs) the fd is reopened through the magic link
+  /proc/self/fd/N, which resolves to exactly that inode, never by name. The
+  file type is checked first (from the fstat of the O_PATH fd, which cannot
+  change for an inode), so a symlink is never followed that way and a FIFO or
+  device is never opened.
+* Files are shared by (st_dev, st_ino) with reference counts, so 10,000 fids
+  on one file use one fd. Holding that fd pins the inode, so its number
+  cannot be reused by another file while the entry is in the table.
+
+Nodes and inodes. A `HostNode` is one reference handed to the server (by
+root, walk, clone or create); it points to a shared `_Inode` (the fd) and
+records the directory (an _Inode, with its own reference) and name it was
+reached by. Keeping the name per reference rather than per inode makes Tremove
+of a hard link remove the name the client walked, not some other link.
+
+Threads. One lock guards the inode table, reference counts, handle names and
+the qid tables. Syscalls run outside it. Every operation pins the inodes and
+open files it uses for its duration, so a concurrent release/clunk can never
+close an fd number mid-operation (a reused fd number would otherwise point an
+operation at an unrelated file).
+
+Host facts this module relies on (Linux only; /proc must be mounted):
+
+* pwrite(2) on an O_APPEND fd appends and ignores the offset (a documented
+  Linux bug; see BUGS in pwrite(2)); `write` keeps that behaviour, which is
+  what a client that opened with O_APPEND expects.
+* Byte-range locks are open-file-description (OFD) locks: classic POSIX locks
+  belong to the process, so two clients of this one server process would
+  never conflict. OFD locks conflict between OpenFiles and with host
+  processes' fcntl/lockf locks.
+* ctime cannot be set; `SetAttr.ctime` is a no-op because the host updates
+  ctime itself on every change.
+* readdir reports each entry's qid from d_ino and the directory's device
+  (no stat per entry). For an entry that is a mount point that is the inode
+  underneath the mount, so its qid differs from the one walk gives; QEMU's
+  9p server has the same property.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import resource
+import stat
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any, NoReturn
+
+from ..protocol.constants import (
+    DT_DIR,
+    DT_LNK,
+    DT_REG,
+    DT_UNKNOWN,
+    LOCK_BLOCKED,
+    LOCK_SUCCESS,
+    LOCK_TYPE_RDLCK,
+    LOCK_TYPE_UNLCK,
+    LOCK_TYPE_WRLCK,
+    XATTR_CREATE,
+    XATTR_REPLACE,
+    QidType,
+)
+from ..protocol.wire import Qid
+from .base import (
+    NOW,
+    Attr,
+    Backend,
+    DirEntry,
+    LockRequest,
+    Node,
+    OpenFile,
+    Owner,
+    SetAttr,
+    StatFs,
+    TimeSpec,
+)
+
+__all__ = ["HostBackend", "HostNode", "HostOpenFile"]
+
+log = logging.getLogger("p9share.backend")
+
+V9FS_MAGIC = 0x01021997
+
+_O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_O_READDIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# Flags a client may not pass through to the reopen of a node: creation is
+# create()'s business, O_NOFOLLOW would refuse the magic link itself (the
+# type check already guarantees no symlink), O_PATH would defeat the open.
+_OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_PATH
+
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+_UTIME_NOW = (1 << 30) - 1
+_UTIME_OMIT = (1 << 30) - 2
+_STATX_BTIME = 0x800
+_INT64_MAX = (1 << 63) - 1
+_MAX_DEPTH = 4096  # '..' climbs give up after this many levels
+
+# struct flock on 64-bit Linux (x86_64, aarch64, riscv64): l_type, l_whence, (pad), l_start, l_len, l_pid, (pad)
+_FLOCK = struct.Struct("=hh4xqqi4x")
+# struct linux_dirent64 header: d_ino, d_off, d_reclen, d_type; the name follows
+_DIRENT = struct.Struct("=QqHB")
+
+# qid.path = (device index << 48) | inode while both fit; otherwise a number
+# from a table, in the range of the reserved device index 0xFFFF.
+_INO_BITS = 48
+_OVERFLOW_INDEX = 0xFFFF
+
+_LOCK_TO_HOST = {
+    LOCK_TYPE_RDLCK: fcntl.F_RDLCK,
+    LOCK_TYPE_WRLCK: fcntl.F_WRLCK,
+    LOCK_TYPE_UNLCK: fcntl.F_UNLCK,
+}
+_LOCK_FROM_HOST = {v: k for k, v in _LOCK_TO_HOST.items()}
+
+# ------------------------------------------------------------------ libc ---
+# The few calls the os module cannot make on an O_PATH fd or with an empty
+# path. All are in glibc >= 2.30 (Debian 12 has 2.36); statx and getdents64
+# degrade gracefully if missing.
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _cfunc(name: str, restype: Any, argtypes: list[Any]) -> Any:
+    fn = getattr(_libc, name, None)
+    if fn is not None:
+        fn.restype = restype
+        fn.argtypes = argtypes
+    return fn
+
+
+_Timespec2 = ctypes.c_long * 4  # struct timespec[2] on LP64
+_c_statx = _cfunc(
+    "statx",
+    ctypes.c_int,
+    [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p],
+)
+_c_getdents64 = _cfunc(
+    "getdents64", ctypes.c_ssize_t, [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+)
+_c_readlinkat = _cfunc(
+    "readlinkat",
+    ctypes.c_ssize_t,
+    [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t],
+)
+_c_fchownat = _cfunc(
+    "fchownat",
+    ctypes.c_int,
+    [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int],
+)
+_c_utimensat = _cfunc(
+    "utimensat", ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
+)
+
+
+def _fail(err: int, detail: str | None = None) -> NoReturn:
+    msg = os.strerror(err)
+    raise OSError(err, f"{msg} ({detail})" if detail else msg)
+
+
+def _check_libc(ret: int) -> int:
+    if ret < 0:
+        _fail(ctypes.get_errno())
+    return ret
+
+
+def _statx_btime(fd: int) -> int:
+    """Birth time of the file behind fd in ns, 0 if the host cannot tell."""
+    if _c_statx is None:
+        return 0
+    buf = ctypes.create_string_buffer(256)  # sizeof(struct statx)
+    if int(_c_statx(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, _STATX_BTIME, buf)) != 0:
+        return 0
+    (mask,) = struct.unpack_from("=I", buf, 0)
+    if not mask & _STATX_BTIME:
+        return 0
+    sec, nsec = struct.unpack_from("=qI", buf, 80)  # stx_btime
+    return int(sec) * 1_000_000_000 + int(nsec)
+
+
+def _timespec(t: TimeSpec) -> tuple[int, int]:
+    if t is None:
+        return 0, _UTIME_OMIT
+    if t is NOW:
+        return 0, _UTIME_NOW
+    assert isinstance(t, int)
+    return divmod(t, 1_000_000_000)
+
+
+def _raise_nofile_limit() -> None:
+    """Every live node holds an fd: allow as many as the hard limit permits."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard
+        if target == resource.RLIM_INFINITY:
+            # No fd limit can be that high: the kernel caps it at fs.nr_open.
+            with open("/proc/sys/fs/nr_open") as f:
+                target = int(f.read())
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as e:
+        log.warning("could not raise RLIMIT_NOFILE: %s", e)
+
+
+def _check_name(name: str, *, dots_ok: bool = False) -> None:
+    """A single path component. The server checks names already; a name with
+    a '/' would make an *at() call resolve several components (and follow
+    symlinks in the middle), so this is checked again here."""
+    if not name or "/" in name or "\0" in name:
+        _fail(errno.EINVAL, f"bad name {name!r}")
+    if not dots_ok and name in (".", ".."):
+        _fail(errno.EINVAL, f"bad name {name!r}")
+    try:
+        name.encode("utf-8")  # no lone surrogates (os would turn them into raw bytes)
+    except UnicodeEncodeError:
+        _fail(errno.EINVAL, "name is not valid Unicode")
+
+
+def _qid_type(ifmt: int) -> int:
+    if ifmt == stat.S_IFDIR:
+        return int(QidType.DIR)
+    if ifmt == stat.S_IFLNK:
+        return int(QidType.SYMLINK)
+    return int(QidType.FILE)
+
+
+def _qid_version(st: os.stat_result) -> int:
+    """Changes when a regular file's content probably changed (32 bits)."""
+    if not stat.S_ISREG(st.st_mode):
+        return 0
+    m = st.st_mtime_ns
+    v = m ^ (m >> 32) ^ (st.st_size * 0x9E3779B1) ^ (st.st_size >> 32)
+    return v & 0xFFFFFFFF
+
+
+# ----------------------------------------------------------------- nodes ---
+class _Inode:
+    """One host file, shared by every node that refers to it."""
+
+    __slots__ = ("dev", "fd", "ftype", "handles", "ino", "qpath", "refs")
+
+    def __init__(self, fd: int, st: os.stat_result, qpath: int) -> None:
+        self.fd = fd  # O_PATH, never followed
+        self.dev = st.st_dev
+        self.ino = st.st_ino
+        self.ftype = stat.S_IFMT(st.st_mode)  # cannot change for an inode
+        self.qpath = qpath
+        self.refs = 1
+        self.handles: set[HostNode] = set()  # live HostNodes (for rename updates)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.dev, self.ino
+
+
+class HostNode(Node):
+    """One reference to a host file, as handed to the server."""
+
+    __slots__ = ("_backend", "inode", "name", "parent", "released")
+
+    def __init__(
+        self, backend: HostBackend, inode: _Inode, parent: _Inode | None, name: str
+    ) -> None:
+        self._backend = backend
+        self.inode = inode
+        # Directory and name this file was reached by. None for the root and
+        # for nodes reached by '..' (their name is looked up when needed).
+        self.parent = parent
+        self.name = name
+        self.released = False
+
+    @property
+    def qid(self) -> Qid:
+        ino = self.inode
+        version = 0
+        if ino.ftype == stat.S_IFREG:
+            try:
+                with self._backend._pinned(self) as pinned:
+                    version = _qid_version(os.stat(pinned.fd))
+            except OSError:
+                pass  # released node: the version is unknown
+        return Qid(_qid_type(ino.ftype), version, ino.qpath)
+
+    def __repr__(self) -> str:
+        return f"<HostNode {self.name!r} ino={self.inode.ino} fd={self.inode.fd}>"
+
+
+class HostOpenFile(OpenFile):
+    """An open host fd plus a reference to its node."""
+
+    __slots__ = ("busy", "closed", "fd", "flags", "is_dir", "lock", "node", "snapshot")
+
+    def __init__(self, fd: int, node: HostNode, flags: int, is_dir: bool) -> None:
+        self.fd = fd
+        self.node = node  # a reference of our own, released at close
+        self.flags = flags
+        self.is_dir = is_dir
+        self.lock = threading.Lock()
+        self.busy = 0  # operations in progress; the fd closes when they end
+        self.closed = False
+        self.snapshot: list[DirEntry] | None = None  # readdir listing
+
+    @property
+    def writable(self) -> bool:
+        return self.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+
+
+# --------------------------------------------------------------- backend ---
+class HostBackend(Backend):
+    """Exports the host directory `root_path` (read-only if `readonly`)."""
+
+    def __init__(self, root_path: str, *, readonly: bool = False) -> None:
+        _raise_nofile_limit()
+        self.readonly = readonly
+        self._lock = threading.Lock()
+        self._inodes: dict[tuple[int, int], _Inode] = {}
+        self._dev_index: dict[int, int] = {}
+        self._big_qpaths: dict[tuple[int, int], int] = {}
+        self._warned_dirs: set[tuple[int, int]] = set()
+        self._files: set[HostOpenFile] = set()
+        self._shut = False
+        # /proc/self/fd as a directory fd, like virtiofsd's proc_self_fd:
+        # reopening is then openat(proc_fd, "N"), independent of cwd or chroot.
+        self._proc_fd = os.open("/proc/self/fd", _O_PATH_DIR)
+        try:
+            # The only path opened by name. Symlinks in the configured path
+            # are the administrator's choice and are followed.
+            fd = os.open(root_path, _O_PATH_DIR)
+        except BaseException:
+            os.close(self._proc_fd)
+            raise
+        st = os.fstat(fd)
+        with self._lock:
+            self._root = _Inode(fd, st, self._qpath_locked(st.st_dev, st.st_ino))
+            self._inodes[self._root.key] = self._root  # our own reference, kept until shutdown
+
+    # ------------------------------------------------------------ helpers --
+    def _dev_index_locked(self, dev: int) -> int:
+        """The small number of a host device, -1 once they run out."""
+        idx = self._dev_index.get(dev)
+        if idx is None:
+            idx = len(self._dev_index)
+            if idx >= _OVERFLOW_INDEX:
+                idx = -1  # out of device indices: every file gets a table entry
+            self._dev_index[dev] = idx
+        return idx
+
+    def _qpath_locked(self, dev: int, ino: int) -> int:
+        idx = self._dev_index_locked(dev)
+        if idx >= 0 and ino < 1 << _INO_BITS:
+            return (idx << _INO_BITS) | ino
+        p = self._big_qpaths.get((dev, ino))
+        if p is None:
+            p = (_OVERFLOW_INDEX << _INO_BITS) | len(self._big_qpaths)
+            self._big_qpaths[(dev, ino)] = p
+        return p
+
+    def _qpath(self, dev: int, ino: int) -> int:
+        with self._lock:
+            return self._qpath_locked(dev, ino)
+
+    def _qid_of(self, st: os.stat_result) -> Qid:
+        ifmt = stat.S_IFMT(st.st_mode)
+        return Qid(_qid_type(ifmt), _qid_version(st), self._qpath(st.st_dev, st.st_ino))
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            _fail(errno.EROFS)
+
+    def _handle(self, node: Node) -> HostNode:
+        if not isinstance(node, HostNode) or node._backend is not self:
+            _fail(errno.EBADF, "not a node of this backend")
+        return node
+
+    def _intern(self, fd: int, st: os.stat_result) -> _Inode:
+        """The shared inode for a freshly opened O_PATH fd, with one new
+        reference; fd is consumed (closed if the inode was already known)."""
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            if self._shut:
+                os.close(fd)
+                _fail(errno.EBADF, "backend is shut down")
+            ino = self._inodes.get(key)
+            if ino is not None:
+                ino.refs += 1
+                os.close(fd)
+                return ino
+            ino = _Inode(fd, st, self._qpath_locked(*key))
+            self._inodes[key] = ino
+            return ino
+
+    def _unref_locked(self, ino: _Inode) -> None:
+        ino.refs -= 1
+        if ino.refs == 0:
+            if self._inodes.get(ino.key) is ino:
+                del self._inodes[ino.key]
+            if ino.fd >= 0:
+                os.close(ino.fd)
+                ino.fd = -1
+
+    def _unref(self, ino: _Inode) -> None:
+        with self._lock:
+            self._unref_locked(ino)
+
+    def _new_handle_locked(self, ino: _Inode, parent: _Inode | None, name: str) -> HostNode:
+        """A HostNode owning the caller's reference to ino; takes a new
+        reference to parent. Under the lock, so that parent (read from
+        another node) cannot be released in between."""
+        h = HostNode(self, ino, parent, name)
+        if parent is not None:
+            parent.refs += 1
+        ino.handles.add(h)
+        return h
+
+    def _new_handle(self, ino: _Inode, parent: _Inode | None, name: str) -> HostNode:
+        with self._lock:
+            return self._new_handle_locked(ino, parent, name)
+
+    def _share(self, h: HostNode) -> HostNode:
+        """Another node with the same inode, directory and name as h."""
+        with self._lock:
+            if h.released or h.inode.fd < 0:
+                _fail(errno.EBADF, "node was released")
+            h.inode.refs += 1
+            return self._new_handle_locked(h.inode, h.parent, h.name)
+
+    @contextmanager
+    def _pinned(self, node: Node) -> Iterator[_Inode]:
+        """The node's inode, kept open for the duration of the block."""
+        h = self._handle(node)
+        with self._lock:
+            if h.released or h.inode.fd < 0:
+                _fail(errno.EBADF, "node was released")
+            ino = h.inode
+            ino.refs += 1
+        try:
+            yield ino
+        finally:
+            self._unref(ino)
+
+    @contextmanager
+    def _pinned_dir(self, node: Node) -> Iterator[_Inode]:
+        with self._pinned(node) as ino:
+            if ino.ftype != stat.S_IFDIR:
+                _fail(errno.ENOTDIR)
+            yield ino
+
+    @contextmanager
+    def _named(self, node: Node) -> Iterator[tuple[_Inode, _Inode, str]]:
+        """(inode, parent inode, name) of the node, all pinned, after checking
+        that parent/name still refers to this very file (else ENOENT). The
+        check narrows but cannot close the window to a host process that
+        swaps names concurrently; no syscall unlinks by fd."""
+        h = self._handle(node)
+        with self._lock:
+            if h.released or h.inode.fd < 0:
+                _fail(errno.EBADF, "node was released")
+            ino, parent, name = h.inode, h.parent, h.name
+            ino.refs += 1
+            if parent is not None:
+                parent.refs += 1
+        try:
+            if ino is self._root:
+                _fail(errno.EBUSY, "the export root has no name")
+            if parent is None:
+                parent, name = self._locate(ino)  # returns a new reference
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) != ino.key:
+                _fail(errno.ENOENT, f"{name!r} no longer refers to this file")
+            yield ino, parent, name
+        finally:
+            with self._lock:
+                self._unref_locked(ino)
+                if parent is not None:
+                    self._unref_locked(parent)
+
+    def _locate(self, ino: _Inode) -> tuple[_Inode, str]:
+        """Parent and name of a directory reached by '..': scan its parent
+        for its inode number. Rare (clients resolve '..' themselves)."""
+        if ino.ftype != stat.S_IFDIR:
+            _fail(errno.ENOENT)
+        pfd = os.open("..", _O_PATH_DIR, dir_fd=ino.fd)
+        try:
+            if not self._inside_export(pfd):
+                _fail(errno.ENOENT, "directory is no longer inside the export")
+            lfd = os.open(".", _O_READDIR, dir_fd=pfd)
+            try:
+                entries = _list_dir(lfd)
+            finally:
+                os.close(lfd)
+            for raw, d_ino, _ in entries:
+                if d_ino != ino.ino:
+                    continue
+                try:
+                    name = raw.decode("utf-8")
+                    st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                except (UnicodeDecodeError, OSError):
+                    continue
+                if (st.st_dev, st.st_ino) == ino.key:
+                    return self._intern(os.dup(pfd), os.fstat(pfd)), name
+            _fail(errno.ENOENT, "directory has no name in its parent")
+        finally:
+            os.close(pfd)
+
+    def _inside_export(self, dirfd: int) -> bool:
+        """Whether directory dirfd is the export root or lies beneath it,
+        found by climbing '..' (each step an openat, never a path)."""
+        root = self._root.key
+        cur = os.open(".", _O_PATH_DIR, dir_fd=dirfd)
+        try:
+            prev: tuple[int, int] | None = None
+            for _ in range(_MAX_DEPTH):
+                st = os.fstat(cur)
+                key = (st.st_dev, st.st_ino)
+                if key == root:
+                    return True
+                if key == prev:
+                    return False  # reached the process's '/' without meeting the root
+                prev = key
+                nxt = os.open("..", _O_PATH_DIR, dir_fd=cur)
+                os.close(cur)
+                cur = nxt
+            return False
+        finally:
+            os.close(cur)
+
+    @contextmanager
+    def _using(self, file: OpenFile) -> Iterator[HostOpenFile]:
+        """The open file, kept open for the duration of the block."""
+        if not isinstance(file, HostOpenFile) or file.node._backend is not self:
+            _fail(errno.EBADF, "not an open file of this backend")
+        with file.lock:
+            if file.closed:
+                _fail(errno.EBADF, "file was closed")
+            file.busy += 1
+        try:
+            yield file
+        finally:
+            with file.lock:
+                file.busy -= 1
+                last = file.closed and file.busy == 0
+            if last:
+                self._finish_close(file)
+
+    def _finish_close(self, f: HostOpenFile) -> None:
+        with self._lock:
+            self._files.discard(f)
+        if f.fd >= 0:
+            os.close(f.fd)
+            f.fd = -1
+        self.release(f.node)
+
+    def _moved(
+        self,
+        olddir: _Inode,
+        oldname: str,
+        newdir: _Inode,
+        newname: str,
+        key: tuple[int, int],
+        also: HostNode | None = None,
+    ) -> None:
+        """After a rename: nodes that knew the file as olddir/oldname now know
+        it as newdir/newname (so a later remove or rename finds it)."""
+        with self._lock:
+            ino = self._inodes.get(key)
+            if ino is None:
+                return
+            for h in ino.handles:
+                if (h.parent is olddir and h.name == oldname) or h is also:
+                    newdir.refs += 1
+                    old = h.parent
+                    h.parent, h.name = newdir, newname
+                    if old is not None:
+                        self._unref_locked(old)
+
+    def _finish_new(self, dirfd: int, name: str, ftype: int, owner: Owner, mode: int | None) -> Qid:
+        """Apply owner and exact mode to a file just made by name (mkdir,
+        mknod, symlink) through an O_PATH fd, and return its qid. The mode is
+        set explicitly so the server process's umask does not apply twice
+        (the client applied its own), as QEMU's passthrough model does."""
+        fd = os.open(name, _O_PATH, dir_fd=dirfd)
+        try:
+            st = os.fstat(fd)
+            if stat.S_IFMT(st.st_mode) != ftype:
+                _fail(errno.ENOENT, f"{name!r} was replaced while being created")
+            try:
+                if owner is not None:
+                    _check_libc(
+                        _c_fchownat(
+                            fd, b"", owner[0], owner[1], AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW
+                        )
+                    )
+                # chown may clear set-id bits, so the mode goes last.
+                if mode is not None and (owner is not None or stat.S_IMODE(st.st_mode) != mode):
+                    os.chmod(str(fd), mode, dir_fd=self._proc_fd)
+            except OSError:
+                self._undo_create(dirfd, name, st)
+                raise
+            return self._qid_of(st)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _undo_create(dirfd: int, name: str, st: os.stat_result) -> None:
+        """Remove a file we just created whose setup failed, if the name still
+        refers to it."""
+        try:
+            now = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                if stat.S_ISDIR(st.st_mode):
+                    os.rmdir(name, dir_fd=dirfd)
+                else:
+                    os.unlink(name, dir_fd=dirfd)
+        except OSError:
+            pass
+
+    def _reopen(self, ino: _Inode, flags: int) -> int:
+        """A real fd for a regular file or directory behind an O_PATH fd.
+        The caller has checked the type."""
+        if ino.ftype == stat.S_IFDIR:
+            return os.open(".", _O_READDIR, dir_fd=ino.fd)
+        assert ino.ftype == stat.S_IFREG
+        return os.open(str(ino.fd), (flags & ~_OPEN_STRIP) | os.O_CLOEXEC, dir_fd=self._proc_fd)
+
+    # --------------------------------------------------------------- nodes --
+    def root(self) -> Node:
+        with self._lock:
+            if self._shut:
+                _fail(errno.EBADF, "backend is shut down")
+            self._root.refs += 1
+        return self._new_handle(self._root, None, "")
+
+    def walk(self, node: Node, name: str) -> Node:
+        _check_name(name, dots_ok=True)
+        h = self._handle(node)
+        with self._pinned_dir(node) as d:
+            if name == ".":
+                return self._share(h)
+            if name == "..":
+                return self._walk_up(d)
+            fd = os.open(name, _O_PATH, dir_fd=d.fd)
+            try:
+                st = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            return self._new_handle(self._intern(fd, st), d, name)
+
+    def _walk_up(self, d: _Inode) -> HostNode:
+        if d is self._root or d.key == self._root.key:
+            with self._lock:
+                self._root.refs += 1
+            return self._new_handle(self._root, None, "")
+        fd = os.open("..", _O_PATH_DIR, dir_fd=d.fd)
+        try:
+            # The parent of a directory that a host process moved out of the
+            # export is outside it: refuse rather than escape.
+            if not self._inside_export(fd):
+                _fail(errno.ENOENT, "directory is no longer inside the export")
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        # No name: remove / rename_node look it up on demand (_locate).
+        return self._new_handle(self._intern(fd, st), None, "")
+
+    def clone(self, node: Node) -> Node:
+        return self._share(self._handle(node))
+
+    def release(self, node: Node) -> None:
+        h = self._handle(node)
+        with self._lock:
+            if h.released:
+                return
+            h.released = True
+            h.inode.handles.discard(h)
+            if h.parent is not None:
+                self._unref_locked(h.parent)
+                h.parent = None
+            self._unref_locked(h.inode)
+
+    # ---------------------------------------------------------- attributes --
+    def getattr(self, node: Node) -> Attr:
+        with self._pinned(node) as ino:
+            st = os.stat(ino.fd)  # fstat works on O_PATH fds
+            btime = _statx_btime(ino.fd)
+        return Attr(
+            qid=Qid(_qid_type(ino.ftype), _qid_version(st), ino.qpath),
+            mode=st.st_mode,
+            uid=st.st_uid,
+            gid=st.st_gid,
+            nlink=st.st_nlink,
+            rdev=st.st_rdev,
+            size=st.st_size,
+            blksize=st.st_blksize,
+            blocks=st.st_blocks,  # already 512-byte units on Linux
+            atime_ns=st.st_atime_ns,
+            mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns,
+            btime_ns=btime,
+        )
+
+    def setattr(self, node: Node, changes: SetAttr, file: OpenFile | None = None) -> None:
+        self._check_writable()
+        with ExitStack() as stack:
+            ino = stack.enter_context(self._pinned(node))
+            f: HostOpenFile | None = None
+            if file is not None:
+                f = stack.enter_context(self._using(file))
+                if f.node.inode is not ino:
+                    f = None  # not this file's: use the node's own fd
+            # Every call goes through the node's fd (O_PATH + AT_EMPTY_PATH or
+            # the /proc magic link), so it works on unlinked and renamed files.
+            if changes.uid is not None or changes.gid is not None:
+                uid = -1 if changes.uid is None else changes.uid
+                gid = -1 if changes.gid is None else changes.gid
+                _check_libc(
+                    _c_fchownat(
+                        ino.fd,
+                        b"",
+                        uid & 0xFFFFFFFF,
+                        gid & 0xFFFFFFFF,
+                        AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW,
+                    )
+                )
+            if changes.mode is not None:
+                if ino.ftype == stat.S_IFLNK:
+                    _fail(errno.EOPNOTSUPP, "symlinks have no mode of their own")
+                # chmod through the magic link: resolves to this inode and
+                # does not open it (safe for FIFOs and devices).
+                os.chmod(str(ino.fd), changes.mode & 0o7777, dir_fd=self._proc_fd)
+            if changes.size is not None:
+                self._truncate(ino, changes.size, f)
+            if changes.atime is not None or changes.mtime is not None:
+                self._utimens(ino, changes.atime, changes.mtime)
+            # changes.ctime: nothing to do; every change above touched ctime.
+
+    def _truncate(self, ino: _Inode, size: int, f: HostOpenFile | None) -> None:
+        if ino.ftype == stat.S_IFDIR:
+            _fail(errno.EISDIR)
+        if ino.ftype != stat.S_IFREG:
+            _fail(errno.EINVAL, "only regular files have a size to set")
+        if not 0 <= size <= _INT64_MAX:
+            _fail(errno.EINVAL)
+        if f is not None and f.writable:
+            os.ftruncate(f.fd, size)
+            return
+        fd = os.open(str(ino.fd), os.O_WRONLY | os.O_CLOEXEC, dir_fd=self._proc_fd)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+    def _utimens(self, ino: _Inode, atime: TimeSpec, mtime: TimeSpec) -> None:
+        # utimensat rather than os.utime: it has UTIME_OMIT (set one time
+        # only, atomically) and UTIME_NOW (the host's clock).
+        for t in (atime, mtime):
+            if isinstance(t, int) and not -_INT64_MAX <= t <= _INT64_MAX:
+                _fail(errno.EINVAL)
+        a, m = _timespec(atime), _timespec(mtime)
+        ts = _Timespec2(a[0], a[1], m[0], m[1])
+        if ino.ftype == stat.S_IFLNK:
+            # The symlink itself; the magic link would lead to it too, but
+            # AT_EMPTY_PATH on the O_PATH fd is the direct way.
+            ret = _c_utimensat(ino.fd, b"", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
+        else:
+            ret = _c_utimensat(self._proc_fd, str(ino.fd).encode(), ts, 0)
+        _check_libc(int(ret))
+
+    def statfs(self, node: Node) -> StatFs:
+        # The node's own filesystem (fstatfs works on O_PATH fds), so a mount
+        # inside the export reports its own numbers.
+        with self._pinned(node) as ino:
+            sv = os.fstatvfs(ino.fd)
+        # Linux counts f_blocks in f_frsize units; report that as bsize so
+        # blocks * bsize is the real size.
+        return StatFs(
+            type=V9FS_MAGIC,
+            bsize=sv.f_frsize or sv.f_bsize,
+            blocks=sv.f_blocks,
+            bfree=sv.f_bfree,
+            bavail=sv.f_bavail,
+            files=sv.f_files,
+            ffree=sv.f_ffree,
+            fsid=sv.f_fsid & 0xFFFFFFFFFFFFFFFF,
+            namelen=sv.f_namemax,
+        )
+
+    def readlink(self, node: Node) -> str:
+        with self._pinned(node) as ino:
+            if ino.ftype != stat.S_IFLNK:
+                _fail(errno.EINVAL, "not a symlink")
+            size = 4096
+            while True:
+                buf = ctypes.create_string_buffer(size)
+                # readlinkat(fd, "") reads the link an O_PATH fd refers to.
+                n = _check_libc(int(_c_readlinkat(ino.fd, b"", buf, size)))
+                if n < size:
+                    break
+                size *= 2
+        try:
+            return buf.raw[:n].decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        _fail(errno.EILSEQ, "symlink target is not UTF-8")  # cannot go on the wire
+
+    # ---------------------------------------------------------- open files --
+    def open(self, node: Node, flags: int) -> OpenFile:
+        h = self._handle(node)
+        with self._pinned(node) as ino:
+            t = ino.ftype
+            if t == stat.S_IFLNK:
+                _fail(errno.ELOOP, "symlinks are not opened")
+            if t in (stat.S_IFCHR, stat.S_IFBLK):
+                _fail(errno.EPERM, "devices are not opened")
+            if t in (stat.S_IFIFO, stat.S_IFSOCK):
+                _fail(errno.ENXIO, "FIFOs and sockets are not opened")
+            if t not in (stat.S_IFREG, stat.S_IFDIR):
+                _fail(errno.EPERM)
+            acc = flags & os.O_ACCMODE
+            wants_write = acc != os.O_RDONLY or bool(flags & os.O_TRUNC)
+            if wants_write and self.readonly:
+                _fail(errno.EROFS)
+            if t == stat.S_IFDIR:
+                if wants_write:
+                    _fail(errno.EISDIR)
+                flags = os.O_RDONLY | os.O_DIRECTORY
+            elif flags & os.O_DIRECTORY:
+                _fail(errno.ENOTDIR)
+            fd = self._reopen(ino, flags)
+        try:
+            ref = self._share(h)
+        except BaseException:
+            os.close(fd)
+            raise
+        of = HostOpenFile(fd, ref, flags & ~_OPEN_STRIP, t == stat.S_IFDIR)
+        with self._lock:
+            self._files.add(of)
+        return of
+
+    def create(
+        self, dirnode: Node, name: str, flags: int, mode: int, owner: Owner
+    ) -> tuple[Node, OpenFile]:
+        self._check_writable()
+        _check_name(name)
+        mode &= 0o7777
+        with self._pinned_dir(dirnode) as d:
+            # Always create with O_EXCL: opening an existing name here would
+            # open whatever is there (a FIFO would block, a device would be
+            # reached). An existing file goes through walk + open instead,
+            # which checks its type first.
+            fd = -1
+            for _ in range(8):
+                try:
+                    fd = os.open(
+                        name,
+                        (flags & ~_OPEN_STRIP)
+                        | os.O_CREAT
+                        | os.O_EXCL
+                        | os.O_NOFOLLOW
+                        | os.O_CLOEXEC,
+                        mode,
+                        dir_fd=d.fd,
+                    )
+                    break
+                except FileExistsError:
+                    if flags & os.O_EXCL:
+                        raise
+                existing = self._open_existing(dirnode, name, flags)
+                if existing is not None:
+                    return existing
+                # It vanished between the two steps: try to create it again.
+            if fd < 0:
+                _fail(errno.EAGAIN, f"{name!r} keeps appearing and disappearing")
+            try:
+                st = os.fstat(fd)
+                try:
+                    if owner is not None:
+                        os.fchown(fd, owner[0], owner[1])
+                    if owner is not None or stat.S_IMODE(st.st_mode) != mode:
+                        os.fchmod(fd, mode)  # exact mode, whatever our umask
+                except OSError:
+                    self._undo_create(d.fd, name, st)
+                    raise
+                # The node's O_PATH fd comes from the new fd itself, not from
+                # the name, which a concurrent rename could already have reused.
+                opath = os.open(str(fd), os.O_PATH | os.O_CLOEXEC, dir_fd=self._proc_fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            node = self._new_handle(self._intern(opath, st), d, name)
+        of = HostOpenFile(fd, self._share(node), flags & ~_OPEN_STRIP, False)
+        with self._lock:
+            self._files.add(of)
+        return node, of
+
+    def _open_existing(self, dirnode: Node, name: str, flags: int) -> tuple[Node, OpenFile] | None:
+        """create() of a name that exists, without O_EXCL: open what is there
+        like open() would (type checked first). None if it is gone again."""
+        try:
+            node = self.walk(dirnode, name)
+        except FileNotFoundError:
+            return None
+        try:
+            if self._handle(node).inode.ftype == stat.S_IFDIR:
+                _fail(errno.EISDIR)  # what open(O_CREAT) says for a directory
+            return node, self.open(node, flags & ~(os.O_CREAT | os.O_EXCL))
+        except BaseException:
+            self.release(node)
+            raise
+
+    def read(self, file: OpenFile, offset: int, count: int) -> bytes:
+        if not 0 <= offset <= _INT64_MAX or count < 0:
+            _fail(errno.EINVAL)
+        with self._using(file) as f:
+            return os.pread(f.fd, count, offset)
+
+    def write(self, file: OpenFile, offset: int, data: bytes | memoryview) -> int:
+        self._check_writable()
+        if not 0 <= offset <= _INT64_MAX:
+            _fail(errno.EINVAL)
+        with self._using(file) as f:
+            # On an O_APPEND fd Linux's pwrite appends, ignoring offset.
+            return os.pwrite(f.fd, data, offset)
+
+    def readdir(self, file: OpenFile, cookie: int) -> Iterator[DirEntry]:
+        with self._using(file) as f:
+            if not f.is_dir:
+                _fail(errno.ENOTDIR)
+            snap = f.snapshot
+            if cookie == 0 or snap is None:
+                snap = self._snapshot(f)
+                with f.lock:
+                    f.snapshot = snap
+        # Cookies are positions in the snapshot; a stale or foreign cookie
+        # past its end simply yields nothing.
+        entries = snap
+        return (entries[i] for i in range(max(cookie, 0), len(entries)))
+
+    def _snapshot(self, f: HostOpenFile) -> list[DirEntry]:
+        ino = f.node.inode
+        dirq = Qid(int(QidType.DIR), 0, ino.qpath)
+        # A fresh open file description: its own offset, so listing never
+        # disturbs (or races with) anything else using f.fd.
+        lfd = os.open(".", _O_READDIR, dir_fd=f.fd)
+        try:
+            if ino.key == self._root.key:
+                upq = Qid(int(QidType.DIR), 0, self._root.qpath)
+            else:
+                try:
+                    upq = self._qid_of(os.stat("..", dir_fd=lfd, follow_symlinks=False))
+                except OSError:
+                    upq = dirq  # a removed directory has no parent
+            raw = _list_dir(lfd)
+        finally:
+            os.close(lfd)
+        entries = [DirEntry(dirq, 1, DT_DIR, "."), DirEntry(upq, 2, DT_DIR, "..")]
+        with self._lock:
+            idx = self._dev_index_locked(ino.dev)
+        skipped = 0
+        for bname, d_ino, dtype in raw:
+            try:
+                name = bname.decode("utf-8")
+            except UnicodeDecodeError:
+                skipped += 1  # cannot go on the wire
+                continue
+            if idx >= 0 and d_ino < 1 << _INO_BITS:
+                qpath = (idx << _INO_BITS) | d_ino
+            else:
+                qpath = self._qpath(ino.dev, d_ino)
+            qtype = (
+                QidType.DIR
+                if dtype == DT_DIR
+                else QidType.SYMLINK
+                if dtype == DT_LNK
+                else QidType.FILE
+            )
+            entries.append(DirEntry(Qid(int(qtype), 0, qpath), len(entries) + 1, dtype, name))
+        if skipped:
+            with self._lock:
+                first = ino.key not in self._warned_dirs
+                self._warned_dirs.add(ino.key)
+            if first:
+                log.warning(
+                    "skipping %d name(s) that are not valid UTF-8 in directory (dev %d, inode %d)",
+                    skipped,
+                    ino.dev,
+                    ino.ino,
+                )
+        return entries
+
+    def fsync(self, file: OpenFile, datasync: bool) -> None:
+        with self._using(file) as f:
+            if datasync:
+                os.fdatasync(f.fd)
+            else:
+                os.fsync(f.fd)
+
+    def close(self, file: OpenFile) -> None:
+        if not isinstance(file, HostOpenFile) or file.node._backend is not self:
+            _fail(errno.EBADF, "not an open file of this backend")
+        with file.lock:
+            if file.closed:
+                return
+            file.closed = True
+            now = file.busy == 0
+        if now:
+            self._finish_close(file)
+
+    # ---------------------------------------------------------------- locks --
+    @staticmethod
+    def _flock(req: LockRequest) -> bytes:
+        kind = _LOCK_TO_HOST.get(req.type)
+        if kind is None or not 0 <= req.start <= _INT64_MAX or not 0 <= req.length <= _INT64_MAX:
+            _fail(errno.EINVAL, "bad lock request")
+        # l_pid must be 0 for OFD locks.
+        return _FLOCK.pack(kind, os.SEEK_SET, req.start, req.length, 0)
+
+    def lock(self, file: OpenFile, req: LockRequest) -> int:
+        arg = self._flock(req)
+        with self._using(file) as f:
+            try:
+                fcntl.fcntl(f.fd, fcntl.F_OFD_SETLK, arg)
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EACCES):
+                    return LOCK_BLOCKED
+                raise
+        return LOCK_SUCCESS
+
+    def getlock(self, file: OpenFile, req: LockRequest) -> LockRequest:
+        arg = self._flock(req)
+        with self._using(file) as f:
+            res = fcntl.fcntl(f.fd, fcntl.F_OFD_GETLK, arg)
+        kind, _whence, start, length, pid = _FLOCK.unpack(res)
+        if kind == fcntl.F_UNLCK:
+            return LockRequest(LOCK_TYPE_UNLCK, req.start, req.length, req.proc_id, req.client_id)
+        # OFD lock holders report l_pid -1: there is no process to name.
+        return LockRequest(_LOCK_FROM_HOST[kind], start, length, max(pid, 0), "")
+
+    # ---------------------------------------------------- directory changes --
+    def mkdir(self, dirnode: Node, name: str, mode: int, owner: Owner) -> Qid:
+        self._check_writable()
+        _check_name(name)
+        with self._pinned_dir(dirnode) as d:
+            os.mkdir(name, mode & 0o7777, dir_fd=d.fd)
+            return self._finish_new(d.fd, name, stat.S_IFDIR, owner, mode & 0o7777)
+
+    def symlink(self, dirnode: Node, name: str, target: str, owner: Owner) -> Qid:
+        self._check_writable()
+        _check_name(name)
+        if "\0" in target:
+            _fail(errno.EINVAL, "NUL in symlink target")
+        with self._pinned_dir(dirnode) as d:
+            # Stored as given: the target is text, never resolved here.
+            os.symlink(target, name, dir_fd=d.fd)
+            return self._finish_new(d.fd, name, stat.S_IFLNK, owner, None)
+
+    def mknod(self, dirnode: Node, name: str, mode: int, rdev: int, owner: Owner) -> Qid:
+        self._check_writable()
+        _check_name(name)
+        ftype = stat.S_IFMT(mode) or stat.S_IFREG
+        if ftype in (stat.S_IFCHR, stat.S_IFBLK):
+            _fail(errno.EPERM, "device nodes are not created")
+        if ftype not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG):
+            _fail(errno.EINVAL, "mknod makes FIFOs, sockets and regular files")
+        with self._pinned_dir(dirnode) as d:
+            os.mknod(name, ftype | (mode & 0o7777), 0, dir_fd=d.fd)
+            return self._finish_new(d.fd, name, ftype, owner, mode & 0o7777)
+
+    def link(self, dirnode: Node, target: Node, name: str) -> None:
+        self._check_writable()
+        _check_name(name)
+        with self._pinned_dir(dirnode) as d, self._pinned(target) as t:
+            if t.ftype == stat.S_IFDIR:
+                _fail(errno.EPERM, "directories cannot be hard-linked")
+            # linkat(AT_FDCWD, "/proc/self/fd/N", dirfd, name, AT_SYMLINK_FOLLOW)
+            # links the inode the magic link stands for (a symlink itself if
+            # the node is one) without CAP_DAC_READ_SEARCH; virtiofsd does it.
+            os.link(
+                str(t.fd), name, src_dir_fd=self._proc_fd, dst_dir_fd=d.fd, follow_symlinks=True
+            )
+
+    def rename(self, olddir: Node, oldname: str, newdir: Node, newname: str) -> None:
+        self._check_writable()
+        _check_name(oldname)
+        _check_name(newname)
+        with self._pinned_dir(olddir) as od, self._pinned_dir(newdir) as nd:
+            os.rename(oldname, newname, src_dir_fd=od.fd, dst_dir_fd=nd.fd)
+            try:
+                st = os.stat(newname, dir_fd=nd.fd, follow_symlinks=False)
+            except OSError:
+                return  # already gone again; nothing to track
+            self._moved(od, oldname, nd, newname, (st.st_dev, st.st_ino))
+
+    def unlink(self, dirnode: Node, name: str, rmdir: bool) -> None:
+        self._check_writable()
+        _check_name(name)
+        with self._pinned_dir(dirnode) as d:
+            if rmdir:
+                os.rmdir(name, dir_fd=d.fd)
+            else:
+                os.unlink(name, dir_fd=d.fd)
+
+    def remove(self, node: Node) -> None:
+        self._check_writable()
+        with self._named(node) as (ino, parent, name):
+            if ino.ftype == stat.S_IFDIR:
+                os.rmdir(name, dir_fd=parent.fd)
+            else:
+                os.unlink(name, dir_fd=parent.fd)
+
+    def rename_node(self, node: Node, newdir: Node | None, newname: str) -> None:
+        self._check_writable()
+        _check_name(newname)
+        h = self._handle(node)
+        with ExitStack() as stack:
+            ino, parent, name = stack.enter_context(self._named(node))
+            target = parent if newdir is None else stack.enter_context(self._pinned_dir(newdir))
+            os.rename(name, newname, src_dir_fd=parent.fd, dst_dir_fd=target.fd)
+            self._moved(parent, name, target, newname, ino.key, also=h)
+
+    # ------------------------------------------------- extended attributes --
+    @contextmanager
+    def _xattr_path(self, node: Node, name: str | None = None) -> Iterator[tuple[str, bool]]:
+        """A path for the os.*xattr functions, which cannot use O_PATH fds,
+        and whether to follow its last component."""
+        if name is not None and (not name or "\0" in name):
+            _fail(errno.EINVAL, "bad xattr name")
+        with self._pinned(node) as ino:
+            if ino.ftype != stat.S_IFLNK:
+                # The magic link, followed: lands on this inode, wherever it is.
+                yield f"/proc/self/fd/{ino.fd}", True
+                return
+        # A symlink: name it in its (magic-linked) parent and do not follow.
+        # Only that one checked component is resolved by name.
+        with self._named(node) as (_ino, parent, name):
+            yield f"/proc/self/fd/{parent.fd}/{name}", False
+
+    def xattr_list(self, node: Node) -> list[str]:
+        with self._xattr_path(node) as (path, follow):
+            names = os.listxattr(path, follow_symlinks=follow)
+        out = []
+        for n in names:
+            try:
+                n.encode("utf-8")
+            except UnicodeEncodeError:
+                continue  # not valid UTF-8 on the host: cannot go on the wire
+            out.append(n)
+        return out
+
+    def xattr_get(self, node: Node, name: str) -> bytes:
+        with self._xattr_path(node, name) as (path, follow):
+            return os.getxattr(path, name, follow_symlinks=follow)
+
+    def xattr_set(self, node: Node, name: str, value: bytes, flags: int) -> None:
+        self._check_writable()
+        if flags & ~(XATTR_CREATE | XATTR_REPLACE):
+            _fail(errno.EINVAL, "unknown xattr flags")
+        host = (os.XATTR_CREATE if flags & XATTR_CREATE else 0) | (
+            os.XATTR_REPLACE if flags & XATTR_REPLACE else 0
+        )
+        with self._xattr_path(node, name) as (path, follow):
+            os.setxattr(path, name, value, host, follow_symlinks=follow)
+
+    def xattr_remove(self, node: Node, name: str) -> None:
+        self._check_writable()
+        with self._xattr_path(node, name) as (path, follow):
+            os.removexattr(path, name, follow_symlinks=follow)
+
+    # ------------------------------------------------------------ lifecycle --
+    def shutdown(self) -> None:
+        """Close every fd the backend holds. Nodes and files still in the
+        server's hands fail with EBADF afterwards."""
+        with self._lock:
+            if self._shut:
+                return
+            self._shut = True
+            files = list(self._files)
+            self._files.clear()
+        for f in files:
+            with f.lock:
+                f.closed = True
+                fd, f.fd = f.fd, -1
+            if fd >= 0:
+                os.close(fd)
+        with self._lock:
+            for ino in self._inodes.values():
+                if ino.fd >= 0:
+                    os.close(ino.fd)
+                    ino.fd = -1
+            self._inodes.clear()
+            if self._proc_fd >= 0:
+                os.close(self._proc_fd)
+                self._proc_fd = -1
+
+
+def _list_dir(fd: int) -> list[tuple[bytes, int, int]]:
+    """(name, d_ino, d_type) of every entry but '.' and '..' of the directory
+    open at fd (which is consumed as far as its offset goes). getdents64
+    gives d_type for every file type without a stat per entry."""
+    out: list[tuple[bytes, int, int]] = []
+    if _c_getdents64 is None:
+        return _list_dir_scandir(fd)
+    buf = ctypes.create_string_buffer(1 << 16)
+    while True:
+        n = int(_c_getdents64(fd, buf, len(buf)))
+        if n < 0 and ctypes.get_errno() == errno.ENOENT:
+            return out  # the directory was removed: it is empty
+        n = _check_libc(n)
+        if n == 0:
+            return out
+        data = ctypes.string_at(buf, n)
+        off = 0
+        while off < n:
+            d_ino, _d_off, reclen, dtype = _DIRENT.unpack_from(data, off)
+            start = off + _DIRENT.size
+            name = data[start : data.index(b"\0", start)]
+            off += reclen
+            if name not in (b".", b".."):
+                out.append((name, d_ino, dtype))
+
+
+def _list_dir_scandir(fd: int) -> list[tuple[bytes, int, int]]:
+    """Fallback for a libc without getdents64: types beyond dir, symlink and
+    regular file come back as DT_UNKNOWN (clients stat those)."""
+    out: list[tuple[bytes, int, int]] = []
+    with os.scandir(fd) as it:  # scandir dups fd itself
+        for e in it:
+            if e.is_dir(follow_symlinks=False):
+                dt = DT_DIR
+            elif e.is_symlink():
+                dt = DT_LNK
+            elif e.is_file(follow_symlinks=False):
+                dt = DT_REG
+            else:
+                dt = DT_UNKNOWN
+            out.append((os.fsencode(e.name), e.inode(), dt))
+    return out
