@@ -127,7 +127,14 @@ def read_archive(stream: BinaryIO) -> Iterator[Entry]:
             raise ValueError(f"bad cpio magic {header[:6]!r}")
         f = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
         mode, uid, gid, mtime, size, rmaj, rmin, namesize = (
-            f[1], f[2], f[3], f[5], f[6], f[9], f[10], f[11]
+            f[1],
+            f[2],
+            f[3],
+            f[5],
+            f[6],
+            f[9],
+            f[10],
+            f[11],
         )
         name = stream.read(namesize)[:-1].decode()
         stream.read(_pad4(HEADER_LEN + namesize))

@@ -52,13 +52,15 @@ fi
 if [ "$P9_TRANSPORT" != none ]; then
   n=0
   : > /tmp/mount.err
+  dm0=$(dmesg | wc -l)
   until p9_mount 2>>/tmp/mount.err; do
     n=$((n+1))
     if [ $n -ge "$P9_MOUNT_RETRIES" ]; then
       mark "MOUNT-FAILED transport=$P9_TRANSPORT src=$P9_MOUNT_SRC opts=$P9_MOUNT_OPTS"
       cat /tmp/mount.err
-      echo "--- dmesg tail ---"
-      dmesg | tail -n 25
+      echo "--- guest kernel messages since the modules were loaded ---"
+      dmesg | tail -n +$((dm0 + 1)) | tail -n 40 > /tmp/dmesg.new
+      if [ -s /tmp/dmesg.new ]; then cat /tmp/dmesg.new; else echo "(none)"; fi
       mark "MOUNT-FAILED-END"
       finish 126
     fi
