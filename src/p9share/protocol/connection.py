@@ -103,7 +103,8 @@ class ServerConnection:
 
     # ---- input
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        self._buf += data
+        if not self._closed:  # after a FatalError the stream is dead: drop input
+            self._buf += data
 
     def next_event(self) -> Event | None:
         """The next event, or None if more bytes are needed."""

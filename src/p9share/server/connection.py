@@ -50,6 +50,7 @@ class Connection:
         pool: Executor | None,
         *,
         max_inflight: int = 64,
+        pool_everything: bool = False,
     ) -> None:
         self.sock = sock
         self.session = session
@@ -61,6 +62,8 @@ class Connection:
         self._inflight: dict[int, list[int]] = {}  # tag -> tags of Tflushes waiting for it
         self._max_inflight = max_inflight
         self._closing = False
+        # only for measuring the alternative model (benchmarks/dispatch_model.py)
+        self._pool_everything = pool_everything
 
     # --------------------------------------------------------------- output --
     def _send(self, tag: int, reply: m.Message) -> None:
@@ -158,7 +161,7 @@ class Connection:
             if tag in self._inflight:
                 log.warning("%s: closing: tag %d reused while in flight", self.peer, tag)
                 return False
-        if self.pool is None or not _goes_to_pool(msg):
+        if self.pool is None or not (self._pool_everything or _goes_to_pool(msg)):
             self._send(tag, self.session.handle(msg))
             return True
         with self._state:

@@ -36,14 +36,25 @@ class Server:
         dialects: frozenset[Dialect] = frozenset({Dialect.P9P2000L}),
         backend_factory: BackendFactory = host_backend,
         workers: int = 4,
+        dispatch: str = "hybrid",
     ) -> None:
+        """dispatch: "hybrid" (the default: inline, slow requests pooled),
+        "inline" (no pool) or "pool" (every request pooled); the last two exist
+        to measure the choice."""
+        if dispatch not in ("hybrid", "inline", "pool"):
+            raise ValueError(f"unknown dispatch model {dispatch!r}")
+        self.dispatch = dispatch
         self.policy = policy
         self.msize = msize
         self.dialects = dialects
         self.backends: dict[str, Backend] = {
             name: backend_factory(exp) for name, exp in policy.exports.items()
         }
-        self.pool = ThreadPoolExecutor(workers, "p9share-io") if workers > 0 else None
+        self.pool = (
+            ThreadPoolExecutor(workers, "p9share-io")
+            if workers > 0 and dispatch != "inline"
+            else None
+        )
         self.addresses: list[Address] = []
         self._listeners: list[socket.socket] = []
         self._connections: set[Connection] = set()
@@ -91,7 +102,9 @@ class Server:
         stops the server when it ends if there is no listener left to serve."""
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(sock, self.new_session(peer), self.pool)
+        conn = Connection(
+            sock, self.new_session(peer), self.pool, pool_everything=self.dispatch == "pool"
+        )
         with self._lock:
             self._connections.add(conn)
         log.info("%s: connected", peer)
