@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -262,3 +265,41 @@ def test_recorder_between_guest_and_diod(vm_assets: Assets, diod_tcp: Diod, tmp_
         assert int.from_bytes(raw[:4], "little") == len(raw)
         assert raw[4] == r["type"]
         assert r["dir"] == ("c2s" if r["type"] % 2 == 0 else "s2c")
+
+
+def test_fd_relay_carries_messages_larger_than_a_pipe(vm_assets: Assets, export_dir: Path) -> None:
+    # Regression: with the FIFOs opened read-write, trans_fd (2 poll-wait slots) never
+    # registered the tx FIFO's write wakeup, so any 9P message > 64 KiB hung the mount.
+    # diod caps msize at 64 KiB, so this needs a server that offers more: p9share.
+    sock = export_dir.parent / f"{export_dir.name}.sock"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "p9share", "serve", "--export", f"export={export_dir}",
+         "--listen", f"unix:{sock}", "--msize", str(1024 * 1024 + 24)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.is_socket():
+            assert server.poll() is None, server.communicate(timeout=10)[1].decode()
+            assert time.monotonic() < deadline, "p9share serve did not create its socket"
+            time.sleep(0.1)
+        res = run_guest(
+            "dd if=/dev/urandom of=big bs=1M count=4 2>/dev/null\n"
+            "md5sum < big\n"
+            "p9_drop_caches\n"
+            "dd if=big bs=1M 2>/dev/null | md5sum\n",
+            transport="fd",
+            socket_path=sock,
+            aname="export",
+            mount_opts="msize=1048576",
+            timeout=90,
+            assets=vm_assets,
+        ).check()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        sock.unlink(missing_ok=True)
+    assert "msize=1048576" in res.mount_line
+    sums = [line.split()[0] for line in res.output.splitlines()]
+    host = hashlib.md5((export_dir / "big").read_bytes()).hexdigest()
+    assert sums == [host, host], res.output

@@ -39,7 +39,10 @@ How it works
   ``kernel write not supported for file /vport0p1``). The guest therefore opens the
   port once and runs two busybox ``dd bs=64k`` relays, port -> FIFO and FIFO -> port;
   the mount gets the FIFOs as fds 3 and 4. The kernel's fd transport is still what is
-  exercised, but every byte costs two extra user-space copies.
+  exercised, but every byte costs two extra user-space copies. The FIFOs must be
+  opened one-way (``3<`` / ``4>``): trans_fd has two poll-wait slots, a read-write
+  FIFO fills both, and then any message larger than the 64 KiB pipe buffer (msize
+  above 64 KiB) hangs.
 * :mod:`p9share.vmlab.recorder` is a frame-logging proxy for recording golden
   vectors of a real client session; :class:`p9share.vmlab.diod.Diod` runs Debian's
   diod as a reference server.

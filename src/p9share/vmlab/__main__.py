@@ -70,6 +70,16 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["record"]:  # its own parser: python -m p9share.vmlab record --help
+        from .recorder import main as record_main
+
+        logging.basicConfig(level=logging.INFO, format="vmlab: %(message)s")
+        try:
+            return record_main(argv[1:])
+        except VMLabError as e:
+            print(f"vmlab: error: {e}", file=sys.stderr)
+            return 2
     ap = argparse.ArgumentParser(prog="python -m p9share.vmlab", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("setup", help="install/build everything (idempotent)")
@@ -99,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--debug", action="store_true", help="kernel messages on the console")
     r.add_argument("script", help="busybox sh script, or - for stdin")
     r.add_argument("args", nargs="*", help='arguments for the script ("$@")')
-    rec = sub.add_parser("record", help="record golden vectors (see p9share.vmlab.recorder)")
-    rec.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("record", help="record golden vectors against diod (record --help)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="vmlab: %(message)s")
     try:
@@ -108,10 +117,6 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_setup(a)
         if a.cmd == "info":
             return _cmd_info(a)
-        if a.cmd == "record":
-            from .recorder import main as record_main
-
-            return record_main(a.rest)
         return _cmd_run(a)
     except VMLabError as e:
         print(f"vmlab: error: {e}", file=sys.stderr)

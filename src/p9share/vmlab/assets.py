@@ -415,7 +415,7 @@ def prepare_kernel(cache: Path, deb: Path, modules: Sequence[str]) -> tuple[str,
     stamp = kdir / "stamp.json"
     if stamp.is_file() and stamp.read_text() == want:
         return kver, kdir
-    log.info("extracting %s (takes ~15 s)", deb.name)
+    log.info("extracting %s (takes ~10 s)", deb.name)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="extract-", dir=cache) as tmp_s:
         tmp = Path(tmp_s)

@@ -333,7 +333,7 @@ def _diod_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m p9share.vmlab.recorder",
+        prog="python -m p9share.vmlab record",
         description="Record a Linux v9fs session against diod as JSON-lines 9P frames.",
     )
     ap.add_argument("--out", required=True, help="output .jsonl file")

@@ -140,7 +140,8 @@ def _overlay(
             raise ValueError(f"extra_files: guest path {guest_path!r} must be absolute")
         w.add_parents(guest_path)
         if isinstance(src, bytes):
-            w.add_file(guest_path, src, 0o644)
+            exe = src.startswith((b"#!", b"\x7fELF"))
+            w.add_file(guest_path, src, 0o755 if exe else 0o644)
             continue
         p = Path(src)
         if not p.is_file():
@@ -207,9 +208,9 @@ def run_guest(
 ) -> GuestResult:
     """Boot the guest, mount the 9P server at /mnt, run ``script`` there, power off.
 
-    ``script`` is busybox ``sh`` source, run with cwd = /mnt (``/`` for transport
-    "none"), ``"$@"`` = ``args``, stdin = /dev/null, and the helpers of
-    ``guest/lib.sh`` loaded. Transports:
+    ``script`` is busybox ``sh`` source, run with cwd = /mnt (an empty directory for
+    transport "none"), ``"$@"`` = ``args``, stdin = /dev/null, stderr merged into
+    stdout, and the helpers of ``guest/lib.sh`` loaded. Transports:
 
     * ``"tcp"``: the server listens on host 127.0.0.1:``port``; the guest mounts
       ``10.0.2.2`` with ``trans=tcp,port=PORT`` (QEMU user networking).
@@ -219,8 +220,12 @@ def run_guest(
     * ``"none"``: no mount.
 
     ``mount_opts`` is appended last, so it overrides the defaults. ``extra_files``
-    maps absolute guest paths to file contents (bytes) or host file paths (str or
-    PathLike). The static helpers ``p9xattr`` and ``p9lock`` are always in /bin.
+    maps absolute guest paths to file contents (bytes; mode 0755 if they start with
+    ``#!`` or are ELF, else 0644) or host file paths (str or PathLike; mode kept).
+    The static helpers ``p9xattr`` and ``p9lock`` are always in /bin. ``timeout``
+    covers the whole run, boot included; then QEMU is killed (status 124). The run
+    directory (console.log, qemu.cmd, qemu.log, initrd) is removed afterwards unless
+    the status is non-zero or ``keep`` is set; the newest 20 kept ones survive.
 
     Never raises for guest-side problems: see :class:`GuestResult` for the status
     codes. Raises :class:`VMLabError` when the host cannot run a guest at all, and

@@ -51,13 +51,17 @@ p9_mount() {
       # virtio_console ports lack ("kernel write not supported for file /vport0p1").
       # So relay vport <-> two FIFOs with dd and give the FIFOs to trans=fd.
       # Both relays share ONE open of the port (a port can be opened only once).
+      # The mount opens the FIFOs one-way (3< and 4>, not <>): trans_fd has only two
+      # poll-wait slots, and a FIFO opened read-write registers both of its wait queues,
+      # so with <> the tx FIFO's "space available" wakeup is never registered and any
+      # message larger than the 64 KiB pipe buffer (msize > 64k) hangs forever.
       p9_relay_stop
       rm -f /run/p9.rx /run/p9.tx
       mkfifo /run/p9.rx /run/p9.tx || return 1
       ( exec 5<>"$dev" || exit 1
         dd bs=64k <&5 >/run/p9.rx 2>/dev/null & echo $! >> /run/p9relay.pids
         dd bs=64k </run/p9.tx >&5 2>/dev/null & echo $! >> /run/p9relay.pids ) || return 1
-      mount -t 9p -o "$opts" "$P9_MOUNT_SRC" "$P9_MNT" 3<>/run/p9.rx 4<>/run/p9.tx \
+      mount -t 9p -o "$opts" "$P9_MOUNT_SRC" "$P9_MNT" 3</run/p9.rx 4>/run/p9.tx \
         || { p9_relay_stop; return 1; } ;;
     none) echo "p9_mount: transport none" >&2; return 1 ;;
     *) mount -t 9p -o "$opts" "$P9_MOUNT_SRC" "$P9_MNT" ;;
