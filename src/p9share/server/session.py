@@ -574,9 +574,12 @@ class Session:
             self._need_node(f)
             self._need_open(f)
             assert f.file is not None
-            if msg.type not in (c.LOCK_TYPE_RDLCK, c.LOCK_TYPE_WRLCK):
+            if msg.type not in (c.LOCK_TYPE_RDLCK, c.LOCK_TYPE_WRLCK, c.LOCK_TYPE_UNLCK):
                 raise OSError(errno.EINVAL, f"bad lock type {msg.type}")
-            req = LockRequest(msg.type, msg.start, msg.length, msg.proc_id, msg.client_id)
+            # Linux always sends UNLCK (it does not say which type it tests):
+            # test for a write lock, which any other lock conflicts with.
+            qtype = c.LOCK_TYPE_WRLCK if msg.type == c.LOCK_TYPE_UNLCK else msg.type
+            req = LockRequest(qtype, msg.start, msg.length, msg.proc_id, msg.client_id)
             r = f.backend.getlock(f.file, req)
             return m.Rgetlock(r.type, r.start, r.length, r.proc_id, r.client_id)
         finally:
@@ -584,9 +587,10 @@ class Session:
 
 
 def _split(ns: int) -> tuple[int, int]:
-    if ns < 0:
-        return (0, 0)
-    return divmod(ns, 1_000_000_000)
+    """sec[8] nsec[8] of a time: sec is two's complement, as Linux's time64_t
+    (a time before 1970 is negative), nsec is always 0..999999999."""
+    sec, nsec = divmod(ns, 1_000_000_000)
+    return sec & 0xFFFF_FFFF_FFFF_FFFF, nsec
 
 
 def _time(valid: int, bit: int, setbit: int, sec: int, nsec: int) -> TimeSpec:
@@ -596,6 +600,8 @@ def _time(valid: int, bit: int, setbit: int, sec: int, nsec: int) -> TimeSpec:
         return NOW
     if nsec >= 1_000_000_000:
         raise OSError(errno.EINVAL, "nanoseconds out of range")
+    if sec >= 1 << 63:  # two's complement: a time before 1970
+        sec -= 1 << 64
     return sec * 1_000_000_000 + nsec
 
 
