@@ -11,7 +11,7 @@
  *   get rd|wr START LEN                         fcntl F_GETLK  -> unlocked |
  *                                               locked TYPE start=S len=L pid=P
  *   flock sh|ex|un                              flock()        -> ok | ...
- *   flocknb sh|ex                               flock(LOCK_NB) -> ok | EWOULDBLOCK
+ *   flocknb sh|ex                               flock(LOCK_NB) -> ok | EAGAIN
  *   close | open                                close / reopen FILE (drops fcntl locks)
  *   touch PATH                                  create a marker file (for synchronisation)
  *   wait PATH [MS]                              wait until PATH exists (default 30000 ms);
@@ -19,6 +19,8 @@
  *   sleep MS                                    sleep
  *   echo WORD                                   print WORD
  *
+ * Errors are printed as errno names from strerrorname_np(); EWOULDBLOCK has the
+ * same value as EAGAIN on Linux and is printed as EAGAIN.
  * TAG defaults to the process id. Exit status: 0 when every command was carried out
  * (a refused lock is a result, not an error), 1 when FILE cannot be opened,
  * 2 on a usage error, 3 on a wait timeout. Built with gcc -static by p9share.vmlab.
