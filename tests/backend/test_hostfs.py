@@ -70,6 +70,33 @@ def nfds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def fds_under(root: Path) -> int:
+    """Descriptors of this process that refer to root or anything below it
+    (/proc/self/fd and sockets, which other tests' threads churn, excluded)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target == str(root) or target.startswith(str(root) + "/"):
+            n += 1
+    return n
+
+
+def fds_to(path: Path) -> int:
+    """How many of this process's descriptors refer to path (other tests'
+    threads open and close descriptors of their own meanwhile)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
 def walkp(be: HostBackend, path: str) -> Node:
     """Walk a relative path from the root, one component at a time."""
     node = be.root()
@@ -184,23 +211,23 @@ def test_node_dedup_uses_one_fd(be: HostBackend, export: Path) -> None:
     (export / "f").write_text("x")
     root = be.root()
     first = be.walk(root, "f")
-    base = nfds()
+    assert fds_to(export / "f") == 1
     nodes = [be.walk(root, "f") for _ in range(10_000)]
     nodes += [be.clone(first) for _ in range(100)]
-    assert nfds() == base  # 10,100 more references, no more fds
+    assert fds_to(export / "f") == 1  # 10,100 more references, no more fds
     assert len({n.qid for n in nodes}) == 1
     for n in nodes:
         be.release(n)
-    assert nfds() == base
+    assert fds_to(export / "f") == 1
     be.release(first)
-    assert nfds() == base - 1  # last reference gone: fd closed
+    assert fds_to(export / "f") == 0  # last reference gone: fd closed
 
 
 def test_threads_walk_and_release(be: HostBackend, export: Path) -> None:
     for i in range(20):
         (export / f"f{i}").write_text(str(i))
     root = be.root()
-    base = nfds()
+    base = fds_under(export)
     errors: list[BaseException] = []
 
     def work(seed: int) -> None:
@@ -224,7 +251,7 @@ def test_threads_walk_and_release(be: HostBackend, export: Path) -> None:
     for t in threads:
         t.join()
     assert not errors
-    assert nfds() == base
+    assert fds_under(export) == base
 
 
 def test_constructor_raises_nofile_limit(export: Path) -> None:
@@ -249,13 +276,13 @@ def test_constructor_errors(tmp_path: Path) -> None:
 
 def test_shutdown_closes_everything(export: Path) -> None:
     (export / "f").write_text("x")
-    base = nfds()
+    base = fds_under(export)
     b = HostBackend(str(export))
     n = walkp(b, "f")
     f = b.open(n, os.O_RDONLY)
-    assert nfds() > base
+    assert fds_under(export) > base
     b.shutdown()
-    assert nfds() == base
+    assert fds_under(export) == base
     with oserr(errno.EBADF):
         b.getattr(n)
     with oserr(errno.EBADF):
@@ -837,14 +864,14 @@ def test_read_write_append_fsync(be: HostBackend, export: Path) -> None:
 
 def test_close_releases_node_reference(be: HostBackend, export: Path) -> None:
     (export / "f").write_text("x")
-    base = nfds()
+    base = fds_under(export)
     n = walkp(be, "f")
     f = be.open(n, os.O_RDONLY)
     be.release(n)  # the open file holds its own reference
     assert read_all(be, f) == b"x"
-    assert nfds() == base + 2
+    assert fds_under(export) == base + 2
     be.close(f)
-    assert nfds() == base
+    assert fds_under(export) == base
 
 
 # -------------------------------------------------------------- create ---

@@ -4,6 +4,7 @@ own connection, and a second connection keeps working throughout."""
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 
@@ -171,4 +172,42 @@ def test_many_idle_connections_and_fids(live: LiveServer) -> None:
     still_serves(live)
     for x in conns:
         x.close()
+    still_serves(live)
+
+
+def test_tag_reused_while_in_flight_closes_connection(live: LiveServer) -> None:
+    (live.root / "big").write_bytes(os.urandom(900_000))
+    c = live.client(msize=1024 * 1024 + 24)
+    c.walk(0, 1, ["big"])
+    c.rpc(m.Tlopen(1, 0))
+    # a large read runs on the worker pool; the same tag again is a violation
+    frames = [m.Tread(1, 0, 900_000).encode(5) for _ in range(30)]
+    c.send_raw(b"".join(frames))
+    c.sock.settimeout(10)
+    got = b""
+    try:
+        while chunk := c.sock.recv(1 << 20):
+            got += chunk
+    except ConnectionResetError:
+        pass
+    assert len(got) < 30 * 900_000  # closed before answering them all
+    still_serves(live)
+
+
+def test_nofid_cannot_name_a_fid(live: LiveServer) -> None:
+    c = live.client()
+    for msg in (m.Twalk(0, NOFID, []), m.Txattrwalk(0, NOFID, "")):
+        with pytest.raises(ServerError) as ei:
+            c.rpc(msg)
+        assert ei.value.errno == errno.EBADF
+    with pytest.raises(ServerError) as ei:
+        c.rpc(m.Tattach(NOFID, NOFID, "root", "", 0))
+    assert ei.value.errno == errno.EBADF
+
+
+def test_attach_name_slash_and_odd_unames(live: LiveServer) -> None:
+    c = live.client(attach=False)
+    c.attach(0, "/")  # one export: '/' selects it like ''
+    c.rpc(m.Tattach(1, NOFID, "²", "", 0xFFFFFFFF))  # not a number: nobody
+    c.rpc(m.Tattach(2, NOFID, "99999999999", "", 0xFFFFFFFF))
     still_serves(live)

@@ -322,6 +322,11 @@ class HostOpenFile(OpenFile):
 
 
 # --------------------------------------------------------------- backend ---
+_QPATH_LOCK = threading.Lock()
+_SHARED_DEV_INDEX: dict[int, int] = {}
+_SHARED_BIG_QPATHS: dict[tuple[int, int], int] = {}
+
+
 class HostBackend(Backend):
     """Exports the host directory `root_path` (read-only if `readonly`)."""
 
@@ -330,8 +335,10 @@ class HostBackend(Backend):
         self.readonly = readonly
         self._lock = threading.Lock()
         self._inodes: dict[tuple[int, int], _Inode] = {}
-        self._dev_index: dict[int, int] = {}
-        self._big_qpaths: dict[tuple[int, int], int] = {}
+        # shared by every export of the process, so that qid paths stay unique
+        # when one connection attaches exports on different devices
+        self._dev_index = _SHARED_DEV_INDEX
+        self._big_qpaths = _SHARED_BIG_QPATHS
         self._warned_dirs: set[tuple[int, int]] = set()
         self._files: set[HostOpenFile] = set()
         self._shut = False
@@ -353,6 +360,10 @@ class HostBackend(Backend):
     # ------------------------------------------------------------ helpers --
     def _dev_index_locked(self, dev: int) -> int:
         """The small number of a host device, -1 once they run out."""
+        with _QPATH_LOCK:
+            return self._dev_index_shared(dev)
+
+    def _dev_index_shared(self, dev: int) -> int:
         idx = self._dev_index.get(dev)
         if idx is None:
             idx = len(self._dev_index)
@@ -362,7 +373,11 @@ class HostBackend(Backend):
         return idx
 
     def _qpath_locked(self, dev: int, ino: int) -> int:
-        idx = self._dev_index_locked(dev)
+        with _QPATH_LOCK:
+            return self._qpath_shared(dev, ino)
+
+    def _qpath_shared(self, dev: int, ino: int) -> int:
+        idx = self._dev_index_shared(dev)
         if idx >= 0 and ino < 1 << _INO_BITS:
             return (idx << _INO_BITS) | ino
         p = self._big_qpaths.get((dev, ino))

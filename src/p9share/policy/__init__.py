@@ -37,13 +37,13 @@ class Policy:
 
     def select_export(self, aname: str) -> Export:
         """The export an attach name selects: its NAME, or '' for the only one."""
-        if aname == "":
+        if aname.strip("/") == "":
             if len(self.exports) == 1:
                 return next(iter(self.exports.values()))
             raise PolicyError(
                 errno.ENOENT, f"empty attach name but {len(self.exports)} exports: name one"
             )
-        exp = self.exports.get(aname.strip("/")) if aname.strip("/") else None
+        exp = self.exports.get(aname.strip("/"))
         if exp is None:
             raise PolicyError(errno.ENOENT, f"no export named {aname!r}")
         return exp
@@ -64,5 +64,5 @@ class Policy:
         """The (uid, gid) a file created for this guest user gets, or None
         for the server's own account."""
         if self.ownership == "passthrough" and uid != 0xFFFFFFFF:
-            return (uid, gid if gid != 0xFFFFFFFF else uid)
+            return (uid, gid if gid != 0xFFFFFFFF else -1)  # -1: the host's default group
         return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import struct
 import threading
 from concurrent.futures import Executor
 
@@ -60,6 +61,7 @@ class Connection:
         self._send_lock = threading.Lock()
         self._state = threading.Condition()
         self._inflight: dict[int, list[int]] = {}  # tag -> tags of Tflushes waiting for it
+        self._flush_tags: set[int] = set()  # tags of those waiting Tflushes
         self._max_inflight = max_inflight
         self._closing = False
         # only for measuring the alternative model (benchmarks/dispatch_model.py)
@@ -67,7 +69,11 @@ class Connection:
 
     # --------------------------------------------------------------- output --
     def _send(self, tag: int, reply: m.Message) -> None:
-        parts = self.proto.encode(tag, reply)
+        try:
+            parts = self.proto.encode(tag, reply)
+        except (ValueError, struct.error):  # a value the wire cannot carry: a server bug
+            log.exception("%s: cannot encode %r", self.peer, reply)
+            parts = self.proto.encode(tag, self.proto.error_reply(errno.EIO))
         with self._send_lock:
             if self._closing:
                 return
@@ -112,6 +118,8 @@ class Connection:
             self._loop()
         except OSError as e:
             log.info("%s: connection error: %s", self.peer, e)
+        except Exception:  # a server bug ends this connection only
+            log.exception("%s: closing after an internal error", self.peer)
         finally:
             self._drain()
             with self._send_lock:
@@ -132,6 +140,9 @@ class Connection:
                 log.warning("%s: closing: %s", self.peer, frame.reason)
                 return
             ev = self.proto.parse_frame(frame)
+            if self._tag_busy(ev.tag):
+                log.warning("%s: closing: tag %d reused while in flight", self.peer, ev.tag)
+                return
             if isinstance(ev, BadRequest):
                 log.info(
                     "%s: bad request (type %d tag %d): %s", self.peer, ev.mtype, ev.tag, ev.reason
@@ -152,15 +163,12 @@ class Connection:
         if isinstance(msg, m.Tflush):
             with self._state:
                 waiting = self._inflight.get(msg.oldtag)
-                if waiting is not None and msg.oldtag != tag:
+                if waiting is not None:
                     waiting.append(tag)
+                    self._flush_tags.add(tag)
                     return True
             self._send(tag, m.Rflush())
             return True
-        with self._state:
-            if tag in self._inflight:
-                log.warning("%s: closing: tag %d reused while in flight", self.peer, tag)
-                return False
         if self.pool is None or not (self._pool_everything or _goes_to_pool(msg)):
             self._send(tag, self.session.handle(msg))
             return True
@@ -177,15 +185,28 @@ class Connection:
             self._send(tag, self.proto.error_reply(errno.ESHUTDOWN))
         return True
 
+    def _tag_busy(self, tag: int) -> bool:
+        """A tag is busy from its request until its reply (or Rflush) is sent."""
+        with self._state:
+            return tag in self._inflight or tag in self._flush_tags
+
     def _run_pooled(self, tag: int, msg: m.Message) -> None:
-        reply = self.session.handle(msg)
+        try:
+            reply = self.session.handle(msg)
+        except BaseException:  # handle() answers errors itself; this is a last resort
+            log.exception("%s: request %r failed", self.peer, msg)
+            reply = self.proto.error_reply(errno.EIO)
         # the reply and any Rflush for it go out together, in that order
         with self._state:
-            self._send(tag, reply)
-            flushes = self._inflight.pop(tag, [])
-            for ftag in flushes:
-                self._send(ftag, m.Rflush())
-            self._state.notify_all()
+            try:
+                self._send(tag, reply)
+                flushes = self._inflight.pop(tag, [])
+                for ftag in flushes:
+                    self._flush_tags.discard(ftag)
+                    self._send(ftag, m.Rflush())
+            finally:
+                self._inflight.pop(tag, None)
+                self._state.notify_all()
 
     def _drain(self) -> None:
         """Wait until no request of this connection is running."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..backend.base import Backend, Node, OpenFile
 from ..policy import Export
+from ..protocol.constants import NOFID
 
 
 class FidKind(enum.Enum):
@@ -86,13 +87,17 @@ class FidTable:
             f.release_resources()
 
     def add(self, f: Fid) -> None:
-        """Insert a new fid; EEXIST if the number is taken."""
+        """Insert a new fid; EEXIST if the number is taken, EBADF for NOFID."""
+        if f.num == NOFID:
+            raise OSError(errno.EBADF, "NOFID cannot name a fid")
         with self._lock:
             if f.num in self._fids:
                 raise OSError(errno.EEXIST, f"fid {f.num} is in use")
             self._fids[f.num] = f
 
     def check_free(self, num: int) -> None:
+        if num == NOFID:
+            raise OSError(errno.EBADF, "NOFID cannot name a fid")
         with self._lock:
             if num in self._fids:
                 raise OSError(errno.EEXIST, f"fid {num} is in use")

@@ -476,6 +476,8 @@ class Session:
             self._need_node(f)
             if msg.newfid != msg.fid:
                 self.fids.check_free(msg.newfid)
+            elif f.file is not None:
+                raise OSError(errno.EBUSY, "cannot walk an open fid onto itself")
             if msg.name:
                 value = f.backend.xattr_get(f.node, msg.name)
             else:
@@ -606,12 +608,9 @@ def _time(valid: int, bit: int, setbit: int, sec: int, nsec: int) -> TimeSpec:
 
 
 def _uid_of(uname: str) -> int:
-    """A uid for a 9P2000 user name: a number, a local account, or nobody."""
-    if uname.isdigit():
+    """A uid for a user name without n_uname: a decimal number below 2**32, or
+    nobody. Host account names are not consulted: a guest's names mean nothing
+    on the host."""
+    if uname.isascii() and uname.isdigit() and int(uname) < c.NONUNAME:
         return int(uname)
-    try:
-        import pwd
-
-        return pwd.getpwnam(uname).pw_uid
-    except (KeyError, ImportError):
-        return 65534
+    return 65534
