@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import signal
 import socket
 import subprocess
@@ -181,4 +180,3 @@ def test_help_and_no_command() -> None:
     assert r.returncode == 2 and "serve" in r.stdout
     r = subprocess.run([*P9SHARE, "serve", "--help"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "--export" in r.stdout
-
