@@ -10,11 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..backend.base import Backend
 from ..policy import Export, Policy
+from ..policy.peer import Peer
 from ..protocol.connection import ServerConnection
 from ..protocol.constants import DEFAULT_MAX_MSIZE, Dialect
 from .connection import Connection
 from .session import Session
-from .transport import Address, bound_address, open_listener
+from .transport import Address, bound_address, open_listener, peer_of
 
 log = logging.getLogger("p9share.server")
 
@@ -70,7 +71,7 @@ class Server:
         sock, listening = open_listener(addr)
         if not listening:
             self.addresses.append(addr)
-            self._start_connection(sock, str(addr), oneshot=True)
+            self._start_connection(sock, peer_of(sock, addr), oneshot=True)
             return addr
         real = bound_address(sock, addr)
         self._listeners.append(sock)
@@ -81,23 +82,22 @@ class Server:
         t.start()
         return real
 
-    def new_session(self, peer: str) -> Session:
+    def new_session(self, peer: Peer) -> Session:
         proto = ServerConnection(self.msize, self.dialects)
-        return Session(proto, self.policy, self.backends, peer)
+        return Session(proto, self.policy, self.backends, str(peer), peer_info=peer)
 
     # ------------------------------------------------------------ running --
     def _accept_loop(self, lsock: socket.socket, addr: Address) -> None:
         while not self._stopped.is_set():
             try:
-                sock, peer = lsock.accept()
+                sock, _ = lsock.accept()
             except OSError:
                 if self._stopped.is_set():
                     return
                 continue
-            name = f"{addr}<-{peer}" if peer else str(addr)
-            self._start_connection(sock, name)
+            self._start_connection(sock, peer_of(sock, addr))
 
-    def _start_connection(self, sock: socket.socket, peer: str, oneshot: bool = False) -> None:
+    def _start_connection(self, sock: socket.socket, peer: Peer, oneshot: bool = False) -> None:
         """Serve sock on a new thread. A oneshot connection (an inherited fd)
         stops the server when it ends if there is no listener left to serve."""
         if sock.family in (socket.AF_INET, socket.AF_INET6):

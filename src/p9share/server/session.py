@@ -17,6 +17,7 @@ from typing import Any
 
 from ..backend.base import NOW, Backend, LockRequest, SetAttr, TimeSpec
 from ..policy import Export, Policy, PolicyError
+from ..policy.peer import Peer
 from ..protocol import constants as c
 from ..protocol import messages as m
 from ..protocol.connection import ServerConnection
@@ -40,8 +41,10 @@ class Session:
         policy: Policy,
         backends: dict[str, Backend],
         peer: str = "",
+        peer_info: Peer | None = None,
     ) -> None:
         self.proto = proto
+        self.peer_info = peer_info
         self.policy = policy
         self.backends = backends
         self.peer = peer

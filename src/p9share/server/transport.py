@@ -11,7 +11,10 @@ import contextlib
 import os
 import socket
 import stat
+import struct
 from dataclasses import dataclass
+
+from ..policy.peer import Peer
 
 
 class AddressError(ValueError):
@@ -105,3 +108,19 @@ def bound_address(sock: socket.socket, addr: Address) -> Address:
         host, port = sock.getsockname()[:2]
         return Address("tcp", host=host, port=port)
     return addr
+
+
+def peer_of(sock: socket.socket, listener: Address) -> Peer:
+    """What the host can trust about a connected socket."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host, port = sock.getpeername()[:2]
+        return Peer(str(listener), listener.kind if listener.kind != "fd" else "tcp",
+                    address=host, port=port)  # fmt: skip
+    if sock.family == socket.AF_UNIX:
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, gid = struct.unpack("3i", creds)
+        except OSError:
+            return Peer(str(listener), "unix")
+        return Peer(str(listener), "unix", uid=uid, gid=gid, pid=pid)
+    return Peer(str(listener), listener.kind)
