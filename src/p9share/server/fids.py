@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 
 from ..backend.base import Backend, Node, OpenFile
-from ..policy import Export
+from ..policy import OPEN_RIGHTS, Export, Rights
 from ..protocol.constants import NOFID
 
 
@@ -51,6 +51,9 @@ class Fid:
     dir_offset: int = 0
     dir_cookie: int = 0
     remove_on_clunk: bool = False
+    rights: Rights = OPEN_RIGHTS  # what the attaching client may do in this export
+    path: str = "/"  # as walked, inside the export: for logs and the audit trail only
+    setid_checked: bool = False  # setuid/setgid bits already dropped for this open file
     # bookkeeping
     users: int = 0
     clunked: bool = False
@@ -78,6 +81,11 @@ class FidTable:
                 raise OSError(errno.EBADF, f"unknown fid {num}")
             f.users += 1
             return f
+
+    def peek(self, num: int) -> Fid | None:
+        """The fid with that number, for logging only (not held)."""
+        with self._lock:
+            return self._fids.get(num)
 
     def release(self, f: Fid) -> None:
         with self._lock:

@@ -15,8 +15,10 @@ import stat as stat_mod
 from collections.abc import Callable
 from typing import Any
 
+from ..audit import NULL_AUDIT, AuditLog
 from ..backend.base import NOW, Backend, LockRequest, SetAttr, TimeSpec
-from ..policy import Export, Policy, PolicyError
+from ..policy import Client, Policy, PolicyError
+from ..policy.idmap import Owner
 from ..policy.peer import Peer
 from ..protocol import constants as c
 from ..protocol import messages as m
@@ -42,12 +44,17 @@ class Session:
         backends: dict[str, Backend],
         peer: str = "",
         peer_info: Peer | None = None,
+        audit: AuditLog = NULL_AUDIT,
     ) -> None:
         self.proto = proto
-        self.peer_info = peer_info
+        self.peer_info = peer_info if peer_info is not None else Peer(peer or "?", "?")
         self.policy = policy
         self.backends = backends
         self.peer = peer
+        self.audit = audit
+        # who the connection is, from what the host can trust (set by the server)
+        self.client: Client | None = policy.identify(self.peer_info)
+        self.exports_attached: set[str] = set()
         self.fids = FidTable()
         self._handlers: dict[type[m.Message], Callable[[Any], m.Message]] = {
             m.Tauth: self.auth,
@@ -87,13 +94,30 @@ class Session:
         try:
             return handler(msg)
         except PolicyError as e:
-            log.info("%s: denied %s: %s", self.peer, type(msg).__name__, e.reason)
+            self._denied(msg, e)
             return self.proto.error_reply(e.errno or errno.EACCES, e.reason)
         except OSError as e:
             return self.proto.error_reply(e.errno or errno.EIO)
         except Exception:  # a server bug must not take the connection down
             log.exception("%s: internal error handling %r", self.peer, msg)
             return self.proto.error_reply(errno.EIO)
+
+    def _denied(self, msg: m.Message, e: PolicyError) -> None:
+        op = type(msg).__name__[1:].lower()
+        log.info("%s: denied %s: %s", self.peer, op, e.reason)
+        if op == "attach":
+            return  # attach() audits its own refusals
+        fnum = getattr(msg, "fid", getattr(msg, "dfid", getattr(msg, "dirfid", None)))
+        where = ""
+        f = self.fids.peek(fnum) if isinstance(fnum, int) else None
+        if f is not None:
+            where = f"{f.export.name}:{f.path}"
+        name = getattr(msg, "name", None)
+        self.audit.emit("denied", peer=self.peer, client=self._client_name(), op=op,
+                        path=where, name=name, rule=e.rule, reason=e.reason)  # fmt: skip
+
+    def _client_name(self) -> str | None:
+        return self.client.name if self.client is not None else None
 
     def reset(self) -> None:
         """Drop every fid (Tversion or the end of the connection)."""
@@ -135,8 +159,9 @@ class Session:
         if f.file is None:
             raise OSError(errno.EBADF, "fid is not open")
 
-    def _owner(self, f: Fid, gid: int) -> tuple[int, int] | None:
-        return self.policy.owner(f.uid, gid)
+    @staticmethod
+    def _owner(f: Fid, gid: int) -> Owner:
+        return f.export.idmap.owner(f.uid, gid)
 
     # ------------------------------------------------------ session and fids --
     def auth(self, msg: m.Tauth) -> m.Message:
@@ -146,21 +171,27 @@ class Session:
         if msg.afid != c.NOFID:
             raise OSError(errno.EINVAL, "no authentication fid can exist: Tauth is not offered")
         self.fids.check_free(msg.fid)
+        client = self.client
         try:
-            export: Export = self.policy.select_export(msg.aname)
+            export, rights = self.policy.select_export(msg.aname, client)
         except PolicyError as e:
             log.warning("%s: attach refused (aname %r): %s", self.peer, msg.aname, e.reason)
+            self.audit.emit("attach-denied", peer=self.peer, client=self._client_name(),
+                            aname=msg.aname, uname=msg.uname, rule=e.rule, reason=e.reason)  # fmt: skip
             raise
         backend = self.backends[export.name]
         uid = msg.n_uname if msg.n_uname != c.NONUNAME else _uid_of(msg.uname)
         node = backend.root()
-        f = Fid(msg.fid, export, backend, node, uid, is_dir=True)
+        f = Fid(msg.fid, export, backend, node, uid, is_dir=True, rights=rights)
         try:
             self.fids.add(f)
         except OSError:
             backend.release(node)
             raise
+        self.exports_attached.add(export.name)
         log.debug("%s: attach fid %d to %r as uid %d", self.peer, msg.fid, export.name, uid)
+        self.audit.emit("attach", peer=self.peer, client=self._client_name(),
+                        export=export.name, uid=uid, readonly=rights.readonly)  # fmt: skip
         return m.Rattach(node.qid)
 
     def walk(self, msg: m.Twalk) -> m.Message:
@@ -191,7 +222,8 @@ class Session:
                 return m.Rwalk(qids)  # partial walk: newfid is not created
             new = Fid(
                 msg.newfid, f.export, backend, node, f.uid,
-                is_dir=bool(node.qid.type & c.QidType.DIR),
+                is_dir=bool(node.qid.type & c.QidType.DIR), rights=f.rights,
+                path=_walked(f.path, msg.wnames),
             )  # fmt: skip
             if msg.newfid == msg.fid:
                 self.fids.replace(f, new)
@@ -272,10 +304,29 @@ class Session:
             assert f.file is not None
             if f.open_flags & os.O_ACCMODE == os.O_RDONLY:
                 raise OSError(errno.EBADF, "fid is not open for writing")
+            self.policy.check_size(f.export, msg.offset + len(msg.data))
+            if not f.setid_checked:
+                self._drop_setid(f)
             n = f.backend.write(f.file, msg.offset, msg.data)
             return m.Rwrite(n)
         finally:
             self._done(f)
+
+    def _drop_setid(self, f: Fid) -> None:
+        """Writing to a setuid/setgid file drops those bits, as the kernel does
+        for an unprivileged writer (a root server would keep them)."""
+        f.setid_checked = True
+        if f.rights.setid:
+            return
+        mode = f.backend.getattr(f.node).mode
+        perm = stat_mod.S_IMODE(mode)
+        # setgid without group execute is a mandatory-locking mark, not a privilege
+        setid = perm & stat_mod.S_ISUID or (perm & stat_mod.S_ISGID and perm & stat_mod.S_IXGRP)
+        if setid:
+            keep = perm & ~stat_mod.S_ISUID
+            if perm & stat_mod.S_IXGRP:
+                keep &= ~stat_mod.S_ISGID
+            f.backend.setattr(f.node, SetAttr(mode=keep), f.file)
 
     # ------------------------------------------------------------ 9P2000.L --
     def statfs(self, msg: m.Tstatfs) -> m.Message:
@@ -299,8 +350,8 @@ class Session:
                 if wants_write(flags):
                     raise OSError(errno.EISDIR, "directories open read-only")
                 flags |= os.O_DIRECTORY
-            if f.export.readonly and wants_write(flags):
-                raise PolicyError(errno.EROFS, "export is read-only")
+            if wants_write(flags) or flags & os.O_TRUNC:
+                self.policy.check_write(f.rights)
             f.file = f.backend.open(f.node, flags)
             f.open_flags = flags
             return m.Rlopen(f.node.qid, self._iounit())
@@ -313,15 +364,14 @@ class Session:
             self._need_dir(f)
             self._need_unopened(f)
             self.policy.check_new_name(msg.name)
-            if f.export.readonly:
-                raise PolicyError(errno.EROFS, "export is read-only")
+            self.policy.check_write(f.rights)
             flags = dotl_create_flags(msg.flags)
-            node, file = f.backend.create(
-                f.node, msg.name, flags, msg.mode & 0o7777, self._owner(f, msg.gid)
-            )
+            mode = self.policy.new_mode(f.rights, msg.mode & 0o7777)
+            node, file = f.backend.create(f.node, msg.name, flags, mode, self._owner(f, msg.gid))
             # the fid now stands for the new, open file
             old = f.node
             f.node, f.file, f.open_flags, f.is_dir = node, file, flags, False
+            f.path, f.setid_checked = _walked(f.path, [msg.name]), True
             f.backend.release(old)
             return m.Rlcreate(node.qid, self._iounit())
         finally:
@@ -332,8 +382,7 @@ class Session:
         try:
             self._need_dir(d)
             self.policy.check_new_name(name)
-            if d.export.readonly:
-                raise PolicyError(errno.EROFS, "export is read-only")
+            self.policy.check_write(d.rights)
         except OSError:
             self._done(d)
             raise
@@ -342,8 +391,11 @@ class Session:
     def symlink(self, msg: m.Tsymlink) -> m.Message:
         d = self._dir_change(msg.dfid, msg.name)
         try:
+            self.policy.check_symlink(d.rights)
             if not msg.symtgt:
                 raise OSError(errno.ENOENT, "empty symlink target")
+            if "\0" in msg.symtgt:
+                raise OSError(errno.EINVAL, "NUL in symlink target")
             q = d.backend.symlink(d.node, msg.name, msg.symtgt, self._owner(d, msg.gid))
             return m.Rsymlink(q)
         finally:
@@ -353,10 +405,10 @@ class Session:
         d = self._dir_change(msg.dfid, msg.name)
         try:
             kind = stat_mod.S_IFMT(msg.mode) or stat_mod.S_IFREG
+            self.policy.check_mknod(d.rights, kind)
             rdev = os.makedev(msg.major, msg.minor)
-            q = d.backend.mknod(
-                d.node, msg.name, kind | (msg.mode & 0o7777), rdev, self._owner(d, msg.gid)
-            )
+            mode = kind | self.policy.new_mode(d.rights, msg.mode & 0o7777)
+            q = d.backend.mknod(d.node, msg.name, mode, rdev, self._owner(d, msg.gid))
             return m.Rmknod(q)
         finally:
             self._done(d)
@@ -364,7 +416,8 @@ class Session:
     def mkdir(self, msg: m.Tmkdir) -> m.Message:
         d = self._dir_change(msg.dfid, msg.name)
         try:
-            q = d.backend.mkdir(d.node, msg.name, msg.mode & 0o7777, self._owner(d, msg.gid))
+            mode = self.policy.new_mode(d.rights, msg.mode & 0o5777) | (msg.mode & 0o2000)
+            q = d.backend.mkdir(d.node, msg.name, mode, self._owner(d, msg.gid))
             return m.Rmkdir(q)
         finally:
             self._done(d)
@@ -376,7 +429,8 @@ class Session:
             try:
                 self._need_node(t)
                 if t.export is not d.export:
-                    raise PolicyError(errno.EXDEV, "link across exports")
+                    raise PolicyError(errno.EXDEV, "link across exports", "cross-export")
+                self.policy.check_hardlink(d.rights)
                 if t.is_dir:
                     raise OSError(errno.EPERM, "hard link to a directory")
                 d.backend.link(d.node, t.node, msg.name)
@@ -393,7 +447,7 @@ class Session:
             try:
                 self._need_node(f)
                 if f.export is not d.export:
-                    raise PolicyError(errno.EXDEV, "rename across exports")
+                    raise PolicyError(errno.EXDEV, "rename across exports", "cross-export")
                 f.backend.rename_node(f.node, d.node, msg.name)
             finally:
                 self._done(f)
@@ -407,7 +461,7 @@ class Session:
             new = self._dir_change(msg.newdirfid, msg.newname)
             try:
                 if old.export is not new.export:
-                    raise PolicyError(errno.EXDEV, "rename across exports")
+                    raise PolicyError(errno.EXDEV, "rename across exports", "cross-export")
                 old.backend.rename(old.node, msg.oldname, new.node, msg.newname)
             finally:
                 self._done(new)
@@ -439,8 +493,9 @@ class Session:
             self._need_node(f)
             a = f.backend.getattr(f.node)
             valid = c.GetattrMask.BASIC | (c.GetattrMask.BTIME if a.btime_ns else 0)
+            uid, gid = f.export.idmap.guest_ids(a.uid, a.gid)
             return m.Rgetattr(
-                int(valid), a.qid, a.mode, a.uid, a.gid, a.nlink, a.rdev, a.size, a.blksize,
+                int(valid), a.qid, a.mode, uid, gid, a.nlink, a.rdev, a.size, a.blksize,
                 a.blocks, *_split(a.atime_ns), *_split(a.mtime_ns), *_split(a.ctime_ns),
                 *_split(a.btime_ns), a.gen, a.data_version,
             )  # fmt: skip
@@ -454,12 +509,23 @@ class Session:
             v = msg.valid
             if v & ~0x1FF:
                 raise OSError(errno.EINVAL, f"unknown setattr bits {v:#x}")
-            if f.export.readonly and v:
-                raise PolicyError(errno.EROFS, "export is read-only")
+            if v:
+                self.policy.check_write(f.rights)
+            uid, gid = f.export.idmap.host_ids(
+                msg.uid if v & c.SetattrValid.UID else None,
+                msg.gid if v & c.SetattrValid.GID else None,
+            )
+            if v & c.SetattrValid.SIZE:
+                self.policy.check_size(f.export, msg.size)
+            mode = None
+            if v & c.SetattrValid.MODE:
+                mode = self.policy.new_mode(f.rights, msg.mode & 0o7777)
+                if f.is_dir:
+                    mode |= msg.mode & 0o2000  # setgid directories: group inheritance only
             ch = SetAttr(
-                mode=msg.mode & 0o7777 if v & c.SetattrValid.MODE else None,
-                uid=msg.uid if v & c.SetattrValid.UID else None,
-                gid=msg.gid if v & c.SetattrValid.GID else None,
+                mode=mode,
+                uid=uid,
+                gid=gid,
                 size=msg.size if v & c.SetattrValid.SIZE else None,
                 atime=_time(v, c.SetattrValid.ATIME, c.SetattrValid.ATIME_SET,
                             msg.atime_sec, msg.atime_nsec),
@@ -482,13 +548,14 @@ class Session:
             elif f.file is not None:
                 raise OSError(errno.EBUSY, "cannot walk an open fid onto itself")
             if msg.name:
+                self.policy.check_xattr(f.rights, msg.name)
                 value = f.backend.xattr_get(f.node, msg.name)
             else:
-                names = f.backend.xattr_list(f.node)
+                names = self.policy.visible_xattrs(f.rights, f.backend.xattr_list(f.node))
                 value = b"".join(n.encode() + b"\0" for n in names)
             new = Fid(
                 msg.newfid, f.export, f.backend, f.backend.clone(f.node), f.uid,
-                kind=FidKind.XATTR_READ, xattr_value=value,
+                kind=FidKind.XATTR_READ, xattr_value=value, rights=f.rights, path=f.path,
             )  # fmt: skip
             if msg.newfid == msg.fid:
                 self.fids.replace(f, new)
@@ -513,8 +580,8 @@ class Session:
                 raise OSError(errno.E2BIG, "xattr value too large")
             if not msg.name:
                 raise OSError(errno.EINVAL, "empty xattr name")
-            if f.export.readonly:
-                raise PolicyError(errno.EROFS, "export is read-only")
+            self.policy.check_write(f.rights)
+            self.policy.check_xattr(f.rights, msg.name)
             f.kind = FidKind.XATTR_WRITE
             f.xattr_write = XattrWrite(msg.name, msg.attr_size, msg.flags, bytearray())
             return m.Rxattrcreate()
@@ -608,6 +675,18 @@ def _time(valid: int, bit: int, setbit: int, sec: int, nsec: int) -> TimeSpec:
     if sec >= 1 << 63:  # two's complement: a time before 1970
         sec -= 1 << 64
     return sec * 1_000_000_000 + nsec
+
+
+def _walked(path: str, names: list[str]) -> str:
+    """The path inside the export after walking names ('..' stops at the root)."""
+    parts = [p for p in path.split("/") if p]
+    for n in names:
+        if n == "..":
+            if parts:
+                parts.pop()
+        elif n != ".":
+            parts.append(n)
+    return "/" + "/".join(parts)
 
 
 def _uid_of(uname: str) -> int:
