@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from ..audit import NULL_AUDIT, AuditLog
 from ..backend.base import Backend
 from ..policy import Export, Policy
 from ..policy.peer import Peer
@@ -38,6 +39,7 @@ class Server:
         backend_factory: BackendFactory = host_backend,
         workers: int = 4,
         dispatch: str = "hybrid",
+        audit: AuditLog = NULL_AUDIT,
     ) -> None:
         """dispatch: "hybrid" (the default: inline, slow requests pooled),
         "inline" (no pool) or "pool" (every request pooled); the last two exist
@@ -46,6 +48,8 @@ class Server:
             raise ValueError(f"unknown dispatch model {dispatch!r}")
         self.dispatch = dispatch
         self.policy = policy
+        self.audit = audit
+        self.backend_factory = backend_factory
         self.msize = msize
         self.dialects = dialects
         self.backends: dict[str, Backend] = {
@@ -63,20 +67,23 @@ class Server:
         self._stopped = threading.Event()
         self._shut_down = False
         self._threads: list[threading.Thread] = []
+        self._retired: list[Backend] = []  # backends replaced by a reload
 
     # ------------------------------------------------------------- set-up --
-    def listen(self, addr: Address) -> Address:
+    def listen(self, addr: Address, name: str | None = None) -> Address:
         """Bind one listener (raises AddressError). Returns the bound address.
-        An inherited connected fd is served at once as a single connection."""
+        An inherited connected fd is served at once as a single connection.
+        name is what the policy matches clients on (default: the address)."""
+        label = name or str(addr)
         sock, listening = open_listener(addr)
         if not listening:
             self.addresses.append(addr)
-            self._start_connection(sock, peer_of(sock, addr), oneshot=True)
+            self._start_connection(sock, peer_of(sock, addr, label), oneshot=True)
             return addr
         real = bound_address(sock, addr)
         self._listeners.append(sock)
         self.addresses.append(real)
-        t = threading.Thread(target=self._accept_loop, args=(sock, real), daemon=True,
+        t = threading.Thread(target=self._accept_loop, args=(sock, real, label), daemon=True,
                              name=f"p9share-accept {real}")  # fmt: skip
         self._threads.append(t)
         t.start()
@@ -84,10 +91,12 @@ class Server:
 
     def new_session(self, peer: Peer) -> Session:
         proto = ServerConnection(self.msize, self.dialects)
-        return Session(proto, self.policy, self.backends, str(peer), peer_info=peer)
+        return Session(
+            proto, self.policy, self.backends, str(peer), peer_info=peer, audit=self.audit
+        )
 
     # ------------------------------------------------------------ running --
-    def _accept_loop(self, lsock: socket.socket, addr: Address) -> None:
+    def _accept_loop(self, lsock: socket.socket, addr: Address, label: str) -> None:
         while not self._stopped.is_set():
             try:
                 sock, _ = lsock.accept()
@@ -95,11 +104,16 @@ class Server:
                 if self._stopped.is_set():
                     return
                 continue
-            self._start_connection(sock, peer_of(sock, addr))
+            self._start_connection(sock, peer_of(sock, addr, label))
 
     def _start_connection(self, sock: socket.socket, peer: Peer, oneshot: bool = False) -> None:
         """Serve sock on a new thread. A oneshot connection (an inherited fd)
         stops the server when it ends if there is no listener left to serve."""
+        if not self.policy.admits(peer):
+            log.warning("%s: refused: no client matches this connection", peer)
+            self.audit.emit("refused", peer=str(peer), reason="no client matches")
+            sock.close()
+            return
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = Connection(
@@ -107,12 +121,15 @@ class Server:
         )
         with self._lock:
             self._connections.add(conn)
-        log.info("%s: connected", peer)
+        client = conn.session.client
+        log.info("%s: connected (client %s)", peer, client.name if client else "to be proven")
+        self.audit.emit("connect", peer=str(peer), client=client.name if client else None)
 
         def run() -> None:
             try:
                 conn.serve()
             finally:
+                self.audit.emit("disconnect", peer=str(peer))
                 with self._lock:
                     self._connections.discard(conn)
                     last = oneshot and not self._listeners and not self._connections
@@ -121,6 +138,56 @@ class Server:
                     self._stopped.set()
 
         threading.Thread(target=run, daemon=True, name=f"p9share-conn {peer}").start()
+
+    def reload(self, policy: Policy) -> list[str]:
+        """Serve a new policy from now on. Exports whose definition changed get
+        a new backend. A connection is closed when its client no longer
+        matches, or when an export it attached was removed or changed, or its
+        rights there changed; the others carry on under the new policy.
+        Returns the peers whose connections were closed."""
+        old = self.policy
+        changed = {n for n, e in old.exports.items() if policy.exports.get(n) != e}
+        backends = {n: b for n, b in self.backends.items() if n not in changed}
+        for name, exp in policy.exports.items():
+            if name not in backends:
+                backends[name] = self.backend_factory(exp)
+        closed: list[str] = []
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            sess = conn.session
+            if self._keeps(sess, old, policy, changed):
+                sess.policy, sess.backends = policy, backends
+                sess.client = policy.identify(sess.peer_info, sess.auth_key)
+            else:
+                closed.append(str(sess.peer_info))
+                conn.close()
+        # backends of changed exports stay open for fids still in use by the
+        # closing connections; they are few and released at stop()
+        self._retired.extend(b for n, b in self.backends.items() if n in changed)
+        self.policy, self.backends = policy, backends
+        return closed
+
+    @staticmethod
+    def _keeps(sess: Session, old: Policy, new: Policy, changed: set[str]) -> bool:
+        client = new.identify(sess.peer_info, sess.auth_key)
+        if client is None:
+            # nothing attached and no key proven yet: it may still prove one
+            return (
+                not sess.exports_attached and sess.auth_key is None and new.admits(sess.peer_info)
+            )
+        before = sess.client
+        if sess.exports_attached and (before is None or before.name != client.name):
+            return False
+        for name in sess.exports_attached:
+            if name in changed or before is None:
+                return False
+            try:
+                if new.select_export(name, client)[1] != old.select_export(name, before)[1]:
+                    return False
+            except OSError:
+                return False
+        return True
 
     def connection_count(self) -> int:
         with self._lock:
@@ -147,5 +214,5 @@ class Server:
             c.close()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=False)
-        for b in self.backends.values():
+        for b in [*self.backends.values(), *self._retired]:
             b.shutdown()

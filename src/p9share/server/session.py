@@ -55,6 +55,7 @@ class Session:
         # who the connection is, from what the host can trust (set by the server)
         self.client: Client | None = policy.identify(self.peer_info)
         self.exports_attached: set[str] = set()
+        self.auth_key: str | None = None  # key id proven through Tauth
         self.fids = FidTable()
         self._handlers: dict[type[m.Message], Callable[[Any], m.Message]] = {
             m.Tauth: self.auth,
@@ -171,7 +172,11 @@ class Session:
         if msg.afid != c.NOFID:
             raise OSError(errno.EINVAL, "no authentication fid can exist: Tauth is not offered")
         self.fids.check_free(msg.fid)
-        client = self.client
+        client = (
+            self.client
+            if self.auth_key is None
+            else self.policy.identify(self.peer_info, self.auth_key)
+        )
         try:
             export, rights = self.policy.select_export(msg.aname, client)
         except PolicyError as e:

@@ -110,17 +110,19 @@ def bound_address(sock: socket.socket, addr: Address) -> Address:
     return addr
 
 
-def peer_of(sock: socket.socket, listener: Address) -> Peer:
-    """What the host can trust about a connected socket."""
+def peer_of(sock: socket.socket, listener: Address, label: str | None = None) -> Peer:
+    """What the host can trust about a connected socket. label names the
+    listener for the policy (default: its address)."""
+    name = label or str(listener)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         host, port = sock.getpeername()[:2]
-        return Peer(str(listener), listener.kind if listener.kind != "fd" else "tcp",
+        return Peer(name, listener.kind if listener.kind != "fd" else "tcp",
                     address=host, port=port)  # fmt: skip
     if sock.family == socket.AF_UNIX:
         try:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             pid, uid, gid = struct.unpack("3i", creds)
         except OSError:
-            return Peer(str(listener), "unix")
-        return Peer(str(listener), "unix", uid=uid, gid=gid, pid=pid)
-    return Peer(str(listener), listener.kind)
+            return Peer(name, "unix")
+        return Peer(name, "unix", uid=uid, gid=gid, pid=pid)
+    return Peer(name, listener.kind)
