@@ -515,3 +515,36 @@ def test_live_server_mknod_char_device(export: Path, tmp_path: Path) -> None:
         srv.stop()
     assert_plain_host_file(export / "tty9")
     assert_plain_host_file(export / "sl", 4)
+
+
+def test_readonly_export_shows_but_never_writes(export: Path) -> None:
+    p = export / "dev"
+    p.touch(mode=0o600)
+    os.setxattr(p, "user.p9share.mode", struct.pack("<I", stat.S_IFCHR | 0o666))
+    b = MappedBackend(HostBackend(str(export), readonly=True))
+    try:
+        n = walk(b, "dev")
+        assert b.getattr(n).mode == stat.S_IFCHR | 0o666
+        for call in (
+            lambda: b.setattr(n, SetAttr(mode=0o600)),
+            lambda: b.mknod(b.root(), "x", stat.S_IFIFO | 0o600, 0, None),
+            lambda: b.mkdir(b.root(), "y", 0o755, None),
+            lambda: b.symlink(b.root(), "z", "t", None),
+        ):
+            with pytest.raises(OSError) as e:
+                call()
+            assert e.value.errno == errno.EROFS
+        assert sorted(os.listdir(export)) == ["dev"]
+        assert host_xattrs(p) == {"user.p9share.mode": struct.pack("<I", stat.S_IFCHR | 0o666)}
+    finally:
+        b.shutdown()
+
+
+def test_unset_ids_record_nothing(mb: MappedBackend, export: Path) -> None:
+    mb.mknod(mb.root(), "n", stat.S_IFREG | 0o600, 0, (0xFFFFFFFF, 0xFFFFFFFF))
+    x = host_xattrs(export / "n")
+    assert "user.p9share.uid" not in x and "user.p9share.gid" not in x
+    n = walk(mb, "n")
+    mb.setattr(n, SetAttr(uid=0xFFFFFFFF, gid=3))
+    a = mb.getattr(n)
+    assert (a.uid, a.gid) == (ME, 3)

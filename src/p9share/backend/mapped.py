@@ -210,6 +210,10 @@ class MappedBackend(Backend):
         host = stat.S_IFMT(self.inner.getattr(inner).mode)
         return _guest_type(host, self._stored_mode(inner) if host == stat.S_IFREG else None)
 
+    def _type_of_regular(self, inner: Node) -> int:
+        """_type_of for a node known to be a host regular file (readdir's DT_REG)."""
+        return _guest_type(stat.S_IFREG, self._stored_mode(inner))
+
     def _store(
         self,
         inner: Node,
@@ -219,9 +223,10 @@ class MappedBackend(Backend):
         mode: int | None = None,
         rdev: int | None = None,
     ) -> None:
-        if uid is not None and uid != -1:
+        # -1 (the wire's 0xFFFFFFFF) is chown's "no change": nothing is recorded
+        if uid is not None and uid & 0xFFFFFFFF != 0xFFFFFFFF:
             self.inner.xattr_set(inner, self.uid_name, _U32.pack(uid & 0xFFFFFFFF), 0)
-        if gid is not None and gid != -1:
+        if gid is not None and gid & 0xFFFFFFFF != 0xFFFFFFFF:
             self.inner.xattr_set(inner, self.gid_name, _U32.pack(gid & 0xFFFFFFFF), 0)
         if mode is not None:
             self.inner.xattr_set(inner, self.mode_name, _U32.pack(mode & 0xFFFFFFFF), 0)
@@ -421,7 +426,7 @@ class MappedBackend(Backend):
                     yield e  # gone or unreachable: leave the host's view
                     continue
                 try:
-                    t = self._type_of(child)
+                    t = self._type_of_regular(child) if e.dtype == DT_REG else self._type_of(child)
                 except OSError:
                     t = 0
                 finally:
