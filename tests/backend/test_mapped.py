@@ -5,6 +5,7 @@ sides: what the guest sees through the backend and what lands on the host
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import stat
 import struct
@@ -19,7 +20,8 @@ from p9share.backend.hostfs import HostBackend
 from p9share.backend.mapped import RESERVED_XATTR_PREFIXES, MappedBackend
 from p9share.backend.memfs import MemoryBackend
 from p9share.client.raw import RawClient, ServerError
-from p9share.policy import Export, Policy
+from p9share.policy import Client, Export, Match, Policy, Rights
+from p9share.policy.idmap import mapped
 from p9share.protocol import constants as c
 from p9share.protocol import messages as m
 from p9share.protocol.constants import (
@@ -482,13 +484,13 @@ def test_concurrent_chmod_and_chown_keep_the_type(mb: MappedBackend, export: Pat
 
 # ------------------------------------------------------------ live server ---
 def test_live_server_mknod_char_device(export: Path, tmp_path: Path) -> None:
-    policy = Policy(ownership="passthrough")  # Owner carries the guest's ids
-    policy.exports["export"] = Export("export", str(export))
-
-    def factory(exp: Export) -> Backend:
-        return MappedBackend(HostBackend(exp.path, readonly=exp.readonly))
-
-    srv = Server(policy, backend_factory=factory)
+    # a mapped export: Owner carries the guest's ids; devices allowed for this client
+    policy = Policy(
+        {"export": Export("export", str(export), idmap=mapped())},
+        {"t": Client("t", (Match(network=ipaddress.ip_network("127.0.0.0/8")),),
+                     {"export": Rights(devices=True)})},
+    )  # fmt: skip
+    srv = Server(policy)  # the default factory wraps mapped exports in MappedBackend
     try:
         srv.listen(parse_address("tcp:127.0.0.1:0"))
         cl = RawClient.connect(str(srv.addresses[0]), timeout=10)

@@ -28,7 +28,8 @@ from .peer import Peer
 __all__ = ["Client", "Export", "Match", "Policy", "PolicyError", "Rights"]
 
 # xattr names p9share keeps for itself (the mapped id layouts): never reachable
-# by a guest, whatever namespaces it is granted.
+# by a guest, whatever namespaces it is granted (the same as backend.mapped's:
+# the policy refuses them first, the mapped backend hides them too).
 RESERVED_XATTR_PREFIXES = ("user.p9share.", "user.virtfs.")
 XATTR_NAMESPACES = frozenset({"user", "trusted", "security", "system"})
 SETID_BITS = stat.S_ISUID | stat.S_ISGID
@@ -245,11 +246,12 @@ class Policy:
         return mode if rights.setid else mode & ~SETID_BITS
 
     @staticmethod
-    def check_xattr(rights: Rights, name: str) -> None:
-        """Whether a guest may read or write the xattr called name."""
+    def check_xattr(rights: Rights, name: str, write: bool) -> None:
+        """Whether a guest may read (write=False) or write the xattr called
+        name. A reserved name reads as absent (ENODATA) and cannot be set."""
         if name.startswith(RESERVED_XATTR_PREFIXES):
-            raise PolicyError(errno.EPERM, f"xattr {name!r} is reserved by p9share",
-                              "xattr-reserved")  # fmt: skip
+            err = errno.EPERM if write else errno.ENODATA
+            raise PolicyError(err, f"xattr {name!r} is reserved by p9share", "xattr-reserved")
         ns = name.partition(".")[0]
         if ns not in rights.xattr_namespaces:
             raise PolicyError(errno.EOPNOTSUPP, f"xattr namespace {ns!r} is not allowed",

@@ -24,9 +24,16 @@ BackendFactory = Callable[[Export], Backend]
 
 
 def host_backend(export: Export) -> Backend:
+    """The backend of a host directory; a mapped export keeps the guest's ids,
+    modes and special files in xattrs on top of it."""
     from ..backend.hostfs import HostBackend
 
-    return HostBackend(export.path, readonly=export.readonly)
+    backend: Backend = HostBackend(export.path, readonly=export.readonly)
+    if export.idmap.mode == "mapped":
+        from ..backend.mapped import MappedBackend
+
+        backend = MappedBackend(backend, export.idmap.xattr_layout)
+    return backend
 
 
 class Server:

@@ -553,7 +553,7 @@ class Session:
             elif f.file is not None:
                 raise OSError(errno.EBUSY, "cannot walk an open fid onto itself")
             if msg.name:
-                self.policy.check_xattr(f.rights, msg.name)
+                self.policy.check_xattr(f.rights, msg.name, write=False)
                 value = f.backend.xattr_get(f.node, msg.name)
             else:
                 names = self.policy.visible_xattrs(f.rights, f.backend.xattr_list(f.node))
@@ -586,7 +586,7 @@ class Session:
             if not msg.name:
                 raise OSError(errno.EINVAL, "empty xattr name")
             self.policy.check_write(f.rights)
-            self.policy.check_xattr(f.rights, msg.name)
+            self.policy.check_xattr(f.rights, msg.name, write=True)
             f.kind = FidKind.XATTR_WRITE
             f.xattr_write = XattrWrite(msg.name, msg.attr_size, msg.flags, bytearray())
             return m.Rxattrcreate()
