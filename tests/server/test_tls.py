@@ -273,6 +273,22 @@ def test_clients_without_a_good_certificate_are_refused(
     assert len(srv.peers) == 1  # no session was ever made for a refused client
 
 
+def test_plain_9p_on_a_tls_port_is_refused(
+    make_tls_server: Callable[..., tuple[RecordingServer, str]],
+    pki: Pki,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="p9share.server")
+    srv, addr = make_tls_server()
+    plain = RawClient.connect(addr.replace("tls:", "tcp:"), timeout=10)
+    with plain, pytest.raises(OSError):
+        plain.version()  # a Tversion is no ClientHello
+    with good_client(addr, pki) as c:
+        assert read_file(c, "hello.txt") == b"hello over tls\n"
+    assert any("TLS handshake failed" in r.getMessage() for r in caplog.records)
+    assert len(srv.peers) == 1
+
+
 def test_optional_client_certificate(
     make_tls_server: Callable[..., tuple[RecordingServer, str]], pki: Pki
 ) -> None:
@@ -320,6 +336,32 @@ def test_silent_client_does_not_block_other_handshakes(
         assert silent.recv(1) == b""
         assert time.monotonic() - t0 < 4
     assert any("no TLS handshake within" in r.getMessage() for r in caplog.records)
+
+
+def test_trickling_client_gains_no_time(
+    make_tls_server: Callable[..., tuple[RecordingServer, str]],
+) -> None:
+    """The handshake timeout is a deadline, not a per-read timeout."""
+    _, addr = make_tls_server(handshake_timeout=1.0)
+    port = int(addr.rsplit(":", 1)[1])
+    hello_start = b"\x16\x03\x01\x02\x00" + b"\x01" * 40  # a ClientHello that never ends
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        t0 = time.monotonic()
+        s.settimeout(0.3)
+        closed = False
+        for byte in hello_start:
+            try:
+                s.sendall(bytes([byte]))
+                if s.recv(1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                closed = True
+                break
+        assert closed
+        assert time.monotonic() - t0 < 3
 
 
 def test_pooled_replies_and_inline_replies_interleave_safely(

@@ -158,7 +158,10 @@ class Server:
             if self._stopped.is_set():
                 tls_sock.close()
                 return
-            self._start_connection(tls_sock, peer_of(tls_sock, addr))
+            peer = peer_of(tls_sock, addr)
+            # what a policy can match this client on
+            log.info("%s: TLS client %r sha256 %s", peer, peer.tls_subject, peer.tls_fingerprint)
+            self._start_connection(tls_sock, peer)
 
         threading.Thread(target=run, daemon=True, name=f"p9share-tls {source}").start()
 
