@@ -36,12 +36,13 @@ class TlsSocket(socket.socket):
     (detached). Call handshake() before anything else."""
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        # before taking the descriptor, so that a failure leaves sock intact
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         timeout = sock.gettimeout()
         super().__init__(sock.family, sock.type, sock.proto, fileno=sock.detach())
         self.settimeout(timeout)
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._tls_lock = threading.Lock()  # the SSLObject and both buffers
         self._out_lock = threading.Lock()  # ciphertext reaches the socket in record order
         self._in_lock = threading.Lock()  # one reader at a time
