@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import ssl
 from collections.abc import Iterable
 
 from ..protocol import messages as m
@@ -20,8 +21,21 @@ class ServerError(OSError):
     """An Rlerror / Rerror reply, as the matching OSError."""
 
 
-def connect(address: str, timeout: float | None = 30.0) -> socket.socket:
-    """A socket connected to tcp:HOST:PORT or unix:PATH."""
+def connect(
+    address: str,
+    timeout: float | None = 30.0,
+    *,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> socket.socket:
+    """A socket connected to tcp:HOST:PORT, tls:HOST:PORT or unix:PATH.
+
+    For tls: the server certificate is verified against tls_ca (a PEM bundle;
+    the system's CAs when None) and must name HOST; tls_cert and tls_key are
+    the client certificate and key to present (none when tls_cert is None).
+    The handshake is done when this returns; a server that refuses the client
+    certificate may, under TLS 1.3, only say so on the first read."""
     kind, _, rest = address.partition(":")
     if kind == "unix":
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -34,7 +48,20 @@ def connect(address: str, timeout: float | None = 30.0) -> socket.socket:
         s = socket.create_connection((host, int(port)), timeout=timeout)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return s
-    raise ValueError(f"bad address {address!r}: expected tcp:HOST:PORT or unix:PATH")
+    if kind == "tls":
+        host, _, port = rest.rpartition(":")
+        host = host.strip("[]")
+        ctx = ssl.create_default_context(cafile=tls_ca)
+        if tls_cert is not None:
+            ctx.load_cert_chain(tls_cert, tls_key)
+        raw = socket.create_connection((host, int(port)), timeout=timeout)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            return ctx.wrap_socket(raw, server_hostname=host)
+        except BaseException:
+            raw.close()
+            raise
+    raise ValueError(f"bad address {address!r}: expected tcp:HOST:PORT, tls:HOST:PORT or unix:PATH")
 
 
 class RawClient:
@@ -45,8 +72,16 @@ class RawClient:
         self._next_tag = 1
 
     @classmethod
-    def connect(cls, address: str, timeout: float | None = 30.0) -> RawClient:
-        return cls(connect(address, timeout))
+    def connect(
+        cls,
+        address: str,
+        timeout: float | None = 30.0,
+        *,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+    ) -> RawClient:
+        return cls(connect(address, timeout, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key))
 
     def close(self) -> None:
         self.sock.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,16 @@ from ..protocol.connection import ServerConnection
 from ..protocol.constants import DEFAULT_MAX_MSIZE, Dialect
 from .connection import Connection
 from .session import Session
-from .transport import Address, bound_address, open_listener, peer_of
+from .tls import TlsSocket
+from .transport import (
+    Address,
+    AddressError,
+    TlsSettings,
+    bound_address,
+    open_listener,
+    peer_of,
+    server_context,
+)
 
 log = logging.getLogger("p9share.server")
 
@@ -70,6 +80,7 @@ class Server:
         self.addresses: list[Address] = []
         self._listeners: list[socket.socket] = []
         self._connections: set[Connection] = set()
+        self._handshaking: set[socket.socket] = set()  # TLS connections not yet served
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._shut_down = False
@@ -77,21 +88,36 @@ class Server:
         self._retired: list[Backend] = []  # backends replaced by a reload
 
     # ------------------------------------------------------------- set-up --
-    def listen(self, addr: Address, name: str | None = None) -> Address:
+    def listen(
+        self, addr: Address, tls: TlsSettings | None = None, name: str | None = None
+    ) -> Address:
         """Bind one listener (raises AddressError). Returns the bound address.
         An inherited connected fd is served at once as a single connection.
-        name is what the policy matches clients on (default: the address)."""
-        label = name or str(addr)
+        A tls: address needs tls, its certificate, key and client CA (raises
+        TlsConfigError, an AddressError, when they cannot be loaded). name is
+        what the policy matches clients on (default: the address)."""
+        context = None
+        if addr.kind == "tls":
+            if tls is None:
+                raise AddressError(
+                    f"{addr}: a TLS listener needs TLS settings "
+                    "(server certificate, key and client CA bundle)"
+                )
+            context = server_context(tls)
+        elif tls is not None:
+            raise AddressError(f"{addr}: TLS settings given for a {addr.kind} listener")
         sock, listening = open_listener(addr)
         if not listening:
             self.addresses.append(addr)
-            self._start_connection(sock, peer_of(sock, addr, label), oneshot=True)
+            self._start_connection(sock, peer_of(sock, addr, name), oneshot=True)
             return addr
         real = bound_address(sock, addr)
+        label = name or str(real)
         self._listeners.append(sock)
         self.addresses.append(real)
-        t = threading.Thread(target=self._accept_loop, args=(sock, real, label), daemon=True,
-                             name=f"p9share-accept {real}")  # fmt: skip
+        handshake = None if context is None or tls is None else (context, tls.handshake_timeout)
+        t = threading.Thread(target=self._accept_loop, args=(sock, real, label, handshake),
+                             daemon=True, name=f"p9share-accept {real}")  # fmt: skip
         self._threads.append(t)
         t.start()
         return real
@@ -103,7 +129,13 @@ class Server:
         )
 
     # ------------------------------------------------------------ running --
-    def _accept_loop(self, lsock: socket.socket, addr: Address, label: str) -> None:
+    def _accept_loop(
+        self,
+        lsock: socket.socket,
+        addr: Address,
+        label: str,
+        tls: tuple[ssl.SSLContext, float] | None,
+    ) -> None:
         while not self._stopped.is_set():
             try:
                 sock, _ = lsock.accept()
@@ -111,7 +143,54 @@ class Server:
                 if self._stopped.is_set():
                     return
                 continue
-            self._start_connection(sock, peer_of(sock, addr, label))
+            if tls is None:
+                self._start_connection(sock, peer_of(sock, addr, label))
+            else:
+                self._start_tls_handshake(sock, addr, label, *tls)
+
+    def _start_tls_handshake(
+        self,
+        sock: socket.socket,
+        addr: Address,
+        label: str,
+        context: ssl.SSLContext,
+        timeout: float,
+    ) -> None:
+        """Run the TLS handshake on a thread of its own, so that a client that
+        never completes it holds up nobody, then serve the connection."""
+        try:
+            source = "{}:{}".format(*sock.getpeername()[:2])
+        except OSError:
+            source = "?"
+        try:
+            tls_sock = TlsSocket(sock, context)
+        except OSError as e:
+            log.warning("%s<-%s: cannot start TLS: %s", addr, source, e)
+            sock.close()
+            return
+        with self._lock:
+            self._handshaking.add(tls_sock)
+
+        def run() -> None:
+            try:
+                tls_sock.handshake(timeout)
+                tls_sock.settimeout(None)
+            except (OSError, ValueError) as e:
+                log.warning("%s<-%s: TLS handshake failed: %s", addr, source, e)
+                tls_sock.close()
+                return
+            finally:
+                with self._lock:
+                    self._handshaking.discard(tls_sock)
+            if self._stopped.is_set():
+                tls_sock.close()
+                return
+            peer = peer_of(tls_sock, addr, label)
+            # what a policy can match this client on
+            log.info("%s: TLS client %r sha256 %s", peer, peer.tls_subject, peer.tls_fingerprint)
+            self._start_connection(tls_sock, peer)
+
+        threading.Thread(target=run, daemon=True, name=f"p9share-tls {source}").start()
 
     def _start_connection(self, sock: socket.socket, peer: Peer, oneshot: bool = False) -> None:
         """Serve sock on a new thread. A oneshot connection (an inherited fd)
@@ -217,6 +296,12 @@ class Server:
             s.close()
         with self._lock:
             conns = list(self._connections)
+            handshaking = list(self._handshaking)
+        for s in handshaking:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for c in conns:
             c.close()
         if self.pool is not None:
