@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from ..backend.base import Backend, Node, OpenFile
 from ..policy import Export
 from ..protocol.constants import NOFID
+from ..security.auth import AuthExchange
 
 
 class FidKind(enum.Enum):
     FILE = "file"  # refers to a node, maybe opened
     XATTR_READ = "xattr-read"  # Txattrwalk result: a value or a name list to read
     XATTR_WRITE = "xattr-write"  # after Txattrcreate: collects the value until clunk
+    AUTH = "auth"  # Tauth's afid: carries an AuthExchange, refers to no file
 
 
 @dataclass(slots=True, eq=False)
@@ -51,6 +53,8 @@ class Fid:
     dir_offset: int = 0
     dir_cookie: int = 0
     remove_on_clunk: bool = False
+    auth: AuthExchange | None = None  # the exchange of an AUTH fid
+    auth_key: str | None = None  # key id that authenticated the attach this fid descends from
     # bookkeeping
     users: int = 0
     clunked: bool = False

@@ -13,6 +13,7 @@ from ..policy import Export, Policy
 from ..policy.peer import Peer
 from ..protocol.connection import ServerConnection
 from ..protocol.constants import DEFAULT_MAX_MSIZE, Dialect
+from ..security.auth import Keyring
 from .connection import Connection
 from .session import Session
 from .transport import Address, bound_address, open_listener, peer_of
@@ -38,10 +39,16 @@ class Server:
         backend_factory: BackendFactory = host_backend,
         workers: int = 4,
         dispatch: str = "hybrid",
+        keyring: Keyring | None = None,
+        auth_required: bool = False,
     ) -> None:
         """dispatch: "hybrid" (the default: inline, slow requests pooled),
         "inline" (no pool) or "pool" (every request pooled); the last two exist
-        to measure the choice."""
+        to measure the choice. keyring, auth_required: see Session."""
+        if auth_required and keyring is None:
+            raise ValueError("auth_required needs a keyring")
+        self.keyring = keyring
+        self.auth_required = auth_required
         if dispatch not in ("hybrid", "inline", "pool"):
             raise ValueError(f"unknown dispatch model {dispatch!r}")
         self.dispatch = dispatch
@@ -84,7 +91,8 @@ class Server:
 
     def new_session(self, peer: Peer) -> Session:
         proto = ServerConnection(self.msize, self.dialects)
-        return Session(proto, self.policy, self.backends, str(peer), peer_info=peer)
+        return Session(proto, self.policy, self.backends, str(peer), peer_info=peer,
+                       keyring=self.keyring, auth_required=self.auth_required)  # fmt: skip
 
     # ------------------------------------------------------------ running --
     def _accept_loop(self, lsock: socket.socket, addr: Address) -> None:

@@ -13,7 +13,7 @@ import logging
 import os
 import stat as stat_mod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from ..backend.base import NOW, Backend, LockRequest, SetAttr, TimeSpec
 from ..policy import Export, Policy, PolicyError
@@ -22,6 +22,7 @@ from ..protocol import constants as c
 from ..protocol import messages as m
 from ..protocol.connection import ServerConnection
 from ..protocol.wire import Qid
+from ..security.auth import AuthExchange, Keyring
 from .fids import Fid, FidKind, FidTable, XattrWrite
 from .openflags import dotl_create_flags, dotl_to_host, wants_write
 
@@ -30,6 +31,7 @@ log = logging.getLogger("p9share.server")
 XATTR_SIZE_MAX = 65536  # Linux's limit for one value
 RREAD_OVERHEAD = 11  # size[4] type[1] tag[2] count[4]
 GETATTR_SUPPORTED = c.GetattrMask.BASIC | c.GetattrMask.BTIME
+_T = TypeVar("_T")
 
 
 class Session:
@@ -42,7 +44,17 @@ class Session:
         backends: dict[str, Backend],
         peer: str = "",
         peer_info: Peer | None = None,
+        keyring: Keyring | None = None,
+        auth_required: bool = False,
     ) -> None:
+        """keyring: the client keys Tauth accepts (None: Tauth is not offered).
+        auth_required: every Tattach must name a verified auth fid."""
+        if auth_required and keyring is None:
+            raise ValueError("auth_required needs a keyring")
+        self.keyring = keyring
+        self.auth_required = auth_required
+        self.auth_key: str | None = None  # the key id this connection authenticated with
+        self._auth_count = 0
         self.proto = proto
         self.peer_info = peer_info
         self.policy = policy
@@ -103,6 +115,7 @@ class Session:
             except OSError:
                 pass
             f.release_resources()
+        self.auth_key = None
 
     # -------------------------------------------------------------- helpers --
     def _fid(self, num: int) -> Fid:
@@ -118,7 +131,7 @@ class Session:
     @staticmethod
     def _need_node(f: Fid) -> None:
         if f.kind is not FidKind.FILE:
-            raise OSError(errno.EBADF, "fid is an xattr fid")
+            raise OSError(errno.EBADF, f"fid is an {f.kind.value} fid, not a file")
 
     def _need_dir(self, f: Fid) -> None:
         self._need_node(f)
@@ -140,10 +153,65 @@ class Session:
 
     # ------------------------------------------------------ session and fids --
     def auth(self, msg: m.Tauth) -> m.Message:
-        raise OSError(errno.EOPNOTSUPP, "authentication is not required")
+        if self.keyring is None:
+            raise OSError(errno.EOPNOTSUPP, "authentication is not offered")
+        self.fids.check_free(msg.afid)
+        if not self.backends:
+            raise OSError(errno.ENOENT, "no exports")
+        # An auth fid refers to no file, but every Fid holds a node: it holds
+        # the first export's root, never used (node operations need FILE).
+        # The aname is not looked up here, so Tauth tells nothing about exports.
+        name, backend = next(iter(self.backends.items()))
+        node = backend.root()
+        ex = AuthExchange(self.keyring, msg.uname, msg.aname, msg.n_uname)
+        f = Fid(msg.afid, self.policy.exports[name], backend, node, c.NONUNAME,
+                kind=FidKind.AUTH, auth=ex)  # fmt: skip
+        try:
+            self.fids.add(f)
+        except OSError:
+            backend.release(node)
+            raise
+        self._auth_count += 1
+        log.debug("%s: auth fid %d for uname %r aname %r", self.peer, msg.afid, msg.uname,
+                  msg.aname)  # fmt: skip
+        return m.Rauth(Qid(c.QidType.AUTH, 0, self._auth_count))
+
+    def _auth_io(self, f: Fid, op: Callable[[AuthExchange], _T]) -> _T:
+        """A read or write on an auth fid; refusals are logged."""
+        assert f.auth is not None
+        try:
+            return op(f.auth)
+        except OSError as e:
+            log.warning("%s: auth fid %d: %s", self.peer, f.num, e.strerror)
+            raise
+
+    def _authorise(self, msg: m.Tattach) -> str | None:
+        """The key id that authorises this Tattach (None: unauthenticated), or
+        an error. Called last, so the auth fid is consumed only by an attach
+        that succeeds."""
+        if msg.afid == c.NOFID:
+            return None
+        a = self._fid(msg.afid)
+        try:
+            if a.kind is not FidKind.AUTH or a.auth is None:
+                raise OSError(errno.EINVAL, f"fid {msg.afid} is not an auth fid")
+            ex = a.auth
+            if self.auth_key is not None and ex.key_id not in (None, self.auth_key):
+                raise PolicyError(
+                    errno.EACCES,
+                    f"connection is authenticated as {self.auth_key!r}, not {ex.key_id!r}",
+                )
+            try:
+                return ex.authorise(msg.uname, msg.aname, msg.n_uname)
+            except OSError as e:
+                raise PolicyError(e.errno or errno.EACCES, e.strerror or "not authorised") from None
+        finally:
+            self._done(a)
 
     def attach(self, msg: m.Tattach) -> m.Message:
-        if msg.afid != c.NOFID:
+        if msg.afid == c.NOFID and self.auth_required:
+            raise PolicyError(errno.EACCES, "authentication is required")
+        if msg.afid != c.NOFID and self.keyring is None:
             raise OSError(errno.EINVAL, "no authentication fid can exist: Tauth is not offered")
         self.fids.check_free(msg.fid)
         try:
@@ -153,13 +221,18 @@ class Session:
             raise
         backend = self.backends[export.name]
         uid = msg.n_uname if msg.n_uname != c.NONUNAME else _uid_of(msg.uname)
+        key_id = self._authorise(msg)
         node = backend.root()
-        f = Fid(msg.fid, export, backend, node, uid, is_dir=True)
+        f = Fid(msg.fid, export, backend, node, uid, is_dir=True, auth_key=key_id)
         try:
             self.fids.add(f)
         except OSError:
             backend.release(node)
             raise
+        if key_id is not None:
+            self.auth_key = key_id
+            log.info("%s: attach fid %d to %r as uid %d, authenticated by key %r",
+                     self.peer, msg.fid, export.name, uid, key_id)  # fmt: skip
         log.debug("%s: attach fid %d to %r as uid %d", self.peer, msg.fid, export.name, uid)
         return m.Rattach(node.qid)
 
@@ -191,7 +264,7 @@ class Session:
                 return m.Rwalk(qids)  # partial walk: newfid is not created
             new = Fid(
                 msg.newfid, f.export, backend, node, f.uid,
-                is_dir=bool(node.qid.type & c.QidType.DIR),
+                is_dir=bool(node.qid.type & c.QidType.DIR), auth_key=f.auth_key,
             )  # fmt: skip
             if msg.newfid == msg.fid:
                 self.fids.replace(f, new)
@@ -243,6 +316,8 @@ class Session:
         f = self._fid(msg.fid)
         try:
             count = min(msg.count, self.proto.msize - RREAD_OVERHEAD)
+            if f.kind is FidKind.AUTH:
+                return m.Rread(self._auth_io(f, lambda ex: ex.read(msg.offset, count)))
             if f.kind is FidKind.XATTR_READ:
                 return m.Rread(f.xattr_value[msg.offset : msg.offset + count])
             if f.kind is FidKind.XATTR_WRITE:
@@ -260,6 +335,9 @@ class Session:
     def write(self, msg: m.Twrite) -> m.Message:
         f = self._fid(msg.fid)
         try:
+            if f.kind is FidKind.AUTH:
+                data = bytes(msg.data)
+                return m.Rwrite(self._auth_io(f, lambda ex: ex.write(msg.offset, data)))
             if f.kind is FidKind.XATTR_WRITE and f.xattr_write is not None:
                 xw = f.xattr_write
                 end = msg.offset + len(msg.data)
@@ -488,7 +566,7 @@ class Session:
                 value = b"".join(n.encode() + b"\0" for n in names)
             new = Fid(
                 msg.newfid, f.export, f.backend, f.backend.clone(f.node), f.uid,
-                kind=FidKind.XATTR_READ, xattr_value=value,
+                kind=FidKind.XATTR_READ, xattr_value=value, auth_key=f.auth_key,
             )  # fmt: skip
             if msg.newfid == msg.fid:
                 self.fids.replace(f, new)
