@@ -106,6 +106,17 @@ def test_documented_test_vector() -> None:
     assert ex.authorise("root", "export", 0) == "vm1"
 
 
+def test_documented_values_are_those_of_the_test_vector() -> None:
+    """docs/protocol.md §11.7 and this test vector cannot drift apart."""
+    doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
+    section = doc[doc.index("### §11.7 Worked example") : doc.index("### §11.8")]
+    compact = "".join(section.split())
+    for value in (V_CHALLENGE, V_TRANSCRIPT, V_RESPONSE[-64:], V_PROOF,
+                  V_SERVER_NONCE.hex(), V_CLIENT_NONCE.hex(), V_SECRET.hex()):  # fmt: skip
+        assert value in compact
+    assert V_KEY_FILE in section
+
+
 # ------------------------------------------------------ sans-IO exchange --
 def test_good_key_verifies_both_ways() -> None:
     ex = exchange((OTHER, KEY))
