@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from ..protocol import messages as m
 from ..protocol.constants import NOFID, NOTAG, Dialect
 from ..protocol.wire import U32
+from ..security.auth import ClientAuth, Key
 
 
 class ServerError(OSError):
@@ -149,6 +150,30 @@ class RawClient:
         r = self.rpc(m.Tattach(fid, NOFID, uname, aname, n_uname))
         assert isinstance(r, m.Rattach)
         return r
+
+    def auth_attach(
+        self, fid: int, afid: int, uname: str, aname: str, key: Key, n_uname: int = 0
+    ) -> m.Rattach:
+        """Tauth, the p9share-hmac-sha256-v1 exchange on afid (docs/protocol.md
+        §11), then Tattach through it. The server's proof is checked before the
+        attach; afid is clunked at the end either way."""
+        self.rpc(m.Tauth(afid, uname, aname, n_uname))
+        try:
+            client = ClientAuth(key, uname, aname, n_uname)
+            challenge = self.rpc(m.Tread(afid, 0, 256))
+            assert isinstance(challenge, m.Rread)
+            self.rpc(m.Twrite(afid, 0, client.response(bytes(challenge.data))))
+            proof = self.rpc(m.Tread(afid, 0, 256))
+            assert isinstance(proof, m.Rread)
+            client.verify_proof(bytes(proof.data))
+            r = self.rpc(m.Tattach(fid, afid, uname, aname, n_uname))
+            assert isinstance(r, m.Rattach)
+            return r
+        finally:
+            try:
+                self.rpc(m.Tclunk(afid))
+            except OSError:  # an error reply, or a broken connection: the first error matters
+                pass
 
     def walk(self, fid: int, newfid: int, names: Iterable[str]) -> m.Rwalk:
         r = self.rpc(m.Twalk(fid, newfid, list(names)))

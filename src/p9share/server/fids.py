@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from ..backend.base import Backend, Node, OpenFile
 from ..policy import OPEN_RIGHTS, Export, Rights
 from ..protocol.constants import NOFID
+from ..security.auth import AuthExchange
 
 
 class FidKind(enum.Enum):
     FILE = "file"  # refers to a node, maybe opened
     XATTR_READ = "xattr-read"  # Txattrwalk result: a value or a name list to read
     XATTR_WRITE = "xattr-write"  # after Txattrcreate: collects the value until clunk
+    AUTH = "auth"  # Tauth's afid: carries an AuthExchange, refers to no file
 
 
 @dataclass(slots=True, eq=False)
@@ -54,6 +56,8 @@ class Fid:
     rights: Rights = OPEN_RIGHTS  # what the attaching client may do in this export
     path: str = "/"  # as walked, inside the export: for logs and the audit trail only
     setid_checked: bool = False  # setuid/setgid bits already dropped for this open file
+    auth: AuthExchange | None = None  # the exchange of an AUTH fid
+    auth_key: str | None = None  # key id that authenticated the attach this fid descends from
     # bookkeeping
     users: int = 0
     clunked: bool = False

@@ -15,6 +15,7 @@ from ..policy import Export, Policy
 from ..policy.peer import Peer
 from ..protocol.connection import ServerConnection
 from ..protocol.constants import DEFAULT_MAX_MSIZE, Dialect
+from ..security.auth import Key, Keyring
 from .connection import Connection
 from .session import Session
 from .tls import TlsSocket
@@ -46,6 +47,10 @@ def host_backend(export: Export) -> Backend:
     return backend
 
 
+def _keyring_of(policy: Policy) -> Keyring:
+    return Keyring(Key(key_id, secret) for key_id, secret in policy.keys.items())
+
+
 class Server:
     def __init__(
         self,
@@ -57,10 +62,18 @@ class Server:
         workers: int = 4,
         dispatch: str = "hybrid",
         audit: AuditLog = NULL_AUDIT,
+        keyring: Keyring | None = None,
+        auth_required: bool = False,
     ) -> None:
         """dispatch: "hybrid" (the default: inline, slow requests pooled),
         "inline" (no pool) or "pool" (every request pooled); the last two exist
-        to measure the choice."""
+        to measure the choice. keyring, auth_required: see Session."""
+        if keyring is None and policy.keys:
+            keyring = _keyring_of(policy)
+        if auth_required and keyring is None:
+            raise ValueError("auth_required needs a keyring")
+        self.keyring = keyring
+        self.auth_required = auth_required
         if dispatch not in ("hybrid", "inline", "pool"):
             raise ValueError(f"unknown dispatch model {dispatch!r}")
         self.dispatch = dispatch
@@ -124,9 +137,9 @@ class Server:
 
     def new_session(self, peer: Peer) -> Session:
         proto = ServerConnection(self.msize, self.dialects)
-        return Session(
-            proto, self.policy, self.backends, str(peer), peer_info=peer, audit=self.audit
-        )
+        return Session(proto, self.policy, self.backends, str(peer), peer_info=peer,
+                       audit=self.audit, keyring=self.keyring,
+                       auth_required=self.auth_required)  # fmt: skip
 
     # ------------------------------------------------------------ running --
     def _accept_loop(
@@ -244,6 +257,8 @@ class Server:
             sess = conn.session
             if self._keeps(sess, old, policy, changed):
                 sess.policy, sess.backends = policy, backends
+                if policy.keys:
+                    sess.keyring = _keyring_of(policy)
                 sess.client = policy.identify(sess.peer_info, sess.auth_key)
             else:
                 closed.append(str(sess.peer_info))
@@ -252,6 +267,8 @@ class Server:
         # closing connections; they are few and released at stop()
         self._retired.extend(b for n, b in self.backends.items() if n in changed)
         self.policy, self.backends = policy, backends
+        if policy.keys:
+            self.keyring = _keyring_of(policy)
         return closed
 
     @staticmethod

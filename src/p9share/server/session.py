@@ -13,7 +13,7 @@ import logging
 import os
 import stat as stat_mod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from ..audit import NULL_AUDIT, AuditLog
 from ..backend.base import NOW, Backend, LockRequest, SetAttr, TimeSpec
@@ -24,6 +24,7 @@ from ..protocol import constants as c
 from ..protocol import messages as m
 from ..protocol.connection import ServerConnection
 from ..protocol.wire import Qid
+from ..security.auth import AuthExchange, Keyring
 from .fids import Fid, FidKind, FidTable, XattrWrite
 from .openflags import dotl_create_flags, dotl_to_host, wants_write
 
@@ -32,6 +33,7 @@ log = logging.getLogger("p9share.server")
 XATTR_SIZE_MAX = 65536  # Linux's limit for one value
 RREAD_OVERHEAD = 11  # size[4] type[1] tag[2] count[4]
 GETATTR_SUPPORTED = c.GetattrMask.BASIC | c.GetattrMask.BTIME
+_T = TypeVar("_T")
 
 
 class Session:
@@ -45,7 +47,17 @@ class Session:
         peer: str = "",
         peer_info: Peer | None = None,
         audit: AuditLog = NULL_AUDIT,
+        keyring: Keyring | None = None,
+        auth_required: bool = False,
     ) -> None:
+        """keyring: the client keys Tauth accepts (None: Tauth is not offered).
+        auth_required: every Tattach must name a verified auth fid."""
+        if auth_required and keyring is None:
+            raise ValueError("auth_required needs a keyring")
+        self.keyring = keyring
+        self.auth_required = auth_required
+        self.auth_key: str | None = None  # the key id this connection authenticated with
+        self._auth_count = 0
         self.proto = proto
         self.peer_info = peer_info if peer_info is not None else Peer(peer or "?", "?")
         self.policy = policy
@@ -55,7 +67,6 @@ class Session:
         # who the connection is, from what the host can trust (set by the server)
         self.client: Client | None = policy.identify(self.peer_info)
         self.exports_attached: set[str] = set()
-        self.auth_key: str | None = None  # key id proven through Tauth
         self.fids = FidTable()
         self._handlers: dict[type[m.Message], Callable[[Any], m.Message]] = {
             m.Tauth: self.auth,
@@ -128,6 +139,7 @@ class Session:
             except OSError:
                 pass
             f.release_resources()
+        self.auth_key = None
 
     # -------------------------------------------------------------- helpers --
     def _fid(self, num: int) -> Fid:
@@ -143,7 +155,7 @@ class Session:
     @staticmethod
     def _need_node(f: Fid) -> None:
         if f.kind is not FidKind.FILE:
-            raise OSError(errno.EBADF, "fid is an xattr fid")
+            raise OSError(errno.EBADF, f"fid is an {f.kind.value} fid, not a file")
 
     def _need_dir(self, f: Fid) -> None:
         self._need_node(f)
@@ -166,37 +178,104 @@ class Session:
 
     # ------------------------------------------------------ session and fids --
     def auth(self, msg: m.Tauth) -> m.Message:
-        raise OSError(errno.EOPNOTSUPP, "authentication is not required")
+        if self.keyring is None:
+            raise OSError(errno.EOPNOTSUPP, "authentication is not offered")
+        self.fids.check_free(msg.afid)
+        if not self.backends:
+            raise OSError(errno.ENOENT, "no exports")
+        # An auth fid refers to no file, but every Fid holds a node: it holds
+        # the first export's root, never used (node operations need FILE).
+        # The aname is not looked up here, so Tauth tells nothing about exports.
+        name, backend = next(iter(self.backends.items()))
+        node = backend.root()
+        ex = AuthExchange(self.keyring, msg.uname, msg.aname, msg.n_uname)
+        f = Fid(msg.afid, self.policy.exports[name], backend, node, c.NONUNAME,
+                kind=FidKind.AUTH, auth=ex)  # fmt: skip
+        try:
+            self.fids.add(f)
+        except OSError:
+            backend.release(node)
+            raise
+        self._auth_count += 1
+        log.debug("%s: auth fid %d for uname %r aname %r", self.peer, msg.afid, msg.uname,
+                  msg.aname)  # fmt: skip
+        return m.Rauth(Qid(c.QidType.AUTH, 0, self._auth_count))
+
+    def _auth_io(self, f: Fid, op: Callable[[AuthExchange], _T]) -> _T:
+        """A read or write on an auth fid; refusals are logged."""
+        assert f.auth is not None
+        try:
+            return op(f.auth)
+        except OSError as e:
+            log.warning("%s: auth fid %d: %s", self.peer, f.num, e.strerror)
+            self.audit.emit("auth-failed", peer=self.peer, fid=f.num, reason=e.strerror)
+            raise
+
+    def _authorise(self, msg: m.Tattach) -> str | None:
+        """The key id that authorises this Tattach (None: unauthenticated), or
+        an error; both are audited."""
+        if msg.afid == c.NOFID:
+            return None
+        a = self._fid(msg.afid)
+        try:
+            if a.kind is not FidKind.AUTH or a.auth is None:
+                raise OSError(errno.EINVAL, f"fid {msg.afid} is not an auth fid")
+            ex = a.auth
+            if self.auth_key is not None and ex.key_id not in (None, self.auth_key):
+                raise PolicyError(
+                    errno.EACCES,
+                    f"connection is authenticated as {self.auth_key!r}, not {ex.key_id!r}",
+                )
+            try:
+                key_id = ex.authorise(msg.uname, msg.aname, msg.n_uname)
+            except OSError as e:
+                self.audit.emit("auth-failed", peer=self.peer, uname=msg.uname, aname=msg.aname,
+                                key=ex.key_id, reason=e.strerror)  # fmt: skip
+                raise PolicyError(e.errno or errno.EACCES, e.strerror or "not authorised",
+                                  "auth") from None  # fmt: skip
+            self.audit.emit("auth-ok", peer=self.peer, uname=msg.uname, aname=msg.aname,
+                            key=key_id)  # fmt: skip
+            return key_id
+        finally:
+            self._done(a)
 
     def attach(self, msg: m.Tattach) -> m.Message:
-        if msg.afid != c.NOFID:
+        if msg.afid == c.NOFID and self.auth_required:
+            raise PolicyError(errno.EACCES, "authentication is required", "auth-required")
+        if msg.afid != c.NOFID and self.keyring is None:
             raise OSError(errno.EINVAL, "no authentication fid can exist: Tauth is not offered")
         self.fids.check_free(msg.fid)
-        client = (
-            self.client
-            if self.auth_key is None
-            else self.policy.identify(self.peer_info, self.auth_key)
-        )
+        # a proven key decides the client; the auth fid is used up even when
+        # the attach then fails (the client runs Tauth again)
+        key_id = self._authorise(msg)
+        client = self.client if key_id is None else self.policy.identify(self.peer_info, key_id)
         try:
             export, rights = self.policy.select_export(msg.aname, client)
         except PolicyError as e:
             log.warning("%s: attach refused (aname %r): %s", self.peer, msg.aname, e.reason)
-            self.audit.emit("attach-denied", peer=self.peer, client=self._client_name(),
-                            aname=msg.aname, uname=msg.uname, rule=e.rule, reason=e.reason)  # fmt: skip
+            self.audit.emit("attach-denied", peer=self.peer, client=client.name if client else None,
+                            aname=msg.aname, uname=msg.uname, key=key_id, rule=e.rule,
+                            reason=e.reason)  # fmt: skip
             raise
         backend = self.backends[export.name]
         uid = msg.n_uname if msg.n_uname != c.NONUNAME else _uid_of(msg.uname)
         node = backend.root()
-        f = Fid(msg.fid, export, backend, node, uid, is_dir=True, rights=rights)
+        f = Fid(msg.fid, export, backend, node, uid, is_dir=True, rights=rights,
+                auth_key=key_id)  # fmt: skip
         try:
             self.fids.add(f)
         except OSError:
             backend.release(node)
             raise
         self.exports_attached.add(export.name)
+        if key_id is not None:
+            self.auth_key, self.client = key_id, client
+            log.info("%s: attach fid %d to %r as uid %d, authenticated by key %r",
+                     self.peer, msg.fid, export.name, uid, key_id)  # fmt: skip
         log.debug("%s: attach fid %d to %r as uid %d", self.peer, msg.fid, export.name, uid)
-        self.audit.emit("attach", peer=self.peer, client=self._client_name(),
-                        export=export.name, uid=uid, readonly=rights.readonly)  # fmt: skip
+        self.audit.emit("attach", peer=self.peer, client=client.name if client else None,
+                        export=export.name, uid=uid, readonly=rights.readonly,
+                        key=key_id)  # fmt: skip
         return m.Rattach(node.qid)
 
     def walk(self, msg: m.Twalk) -> m.Message:
@@ -228,7 +307,7 @@ class Session:
             new = Fid(
                 msg.newfid, f.export, backend, node, f.uid,
                 is_dir=bool(node.qid.type & c.QidType.DIR), rights=f.rights,
-                path=_walked(f.path, msg.wnames),
+                path=_walked(f.path, msg.wnames), auth_key=f.auth_key,
             )  # fmt: skip
             if msg.newfid == msg.fid:
                 self.fids.replace(f, new)
@@ -280,6 +359,8 @@ class Session:
         f = self._fid(msg.fid)
         try:
             count = min(msg.count, self.proto.msize - RREAD_OVERHEAD)
+            if f.kind is FidKind.AUTH:
+                return m.Rread(self._auth_io(f, lambda ex: ex.read(msg.offset, count)))
             if f.kind is FidKind.XATTR_READ:
                 return m.Rread(f.xattr_value[msg.offset : msg.offset + count])
             if f.kind is FidKind.XATTR_WRITE:
@@ -297,6 +378,9 @@ class Session:
     def write(self, msg: m.Twrite) -> m.Message:
         f = self._fid(msg.fid)
         try:
+            if f.kind is FidKind.AUTH:
+                data = bytes(msg.data)
+                return m.Rwrite(self._auth_io(f, lambda ex: ex.write(msg.offset, data)))
             if f.kind is FidKind.XATTR_WRITE and f.xattr_write is not None:
                 xw = f.xattr_write
                 end = msg.offset + len(msg.data)
@@ -561,6 +645,7 @@ class Session:
             new = Fid(
                 msg.newfid, f.export, f.backend, f.backend.clone(f.node), f.uid,
                 kind=FidKind.XATTR_READ, xattr_value=value, rights=f.rights, path=f.path,
+                auth_key=f.auth_key,
             )  # fmt: skip
             if msg.newfid == msg.fid:
                 self.fids.replace(f, new)
