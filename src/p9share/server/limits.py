@@ -170,10 +170,37 @@ class ClientMeter:
         return self.ops.full() and self.bytes.full()
 
 
+class RecordGate:
+    """Lets at most one record per key through per `interval` and counts the
+    ones held back, so a client hammering a limit cannot flood the audit log."""
+
+    def __init__(self, interval: float = 60.0, clock: Clock = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> int | None:
+        """None: hold this record back. Otherwise write it, noting the
+        returned number of records held back since the last one."""
+        with self._lock:
+            now = self._clock()
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return None
+            if len(self._last) >= 1024:  # many keys (many clients): forget the stale ones
+                for k in [k for k, t in self._last.items() if now - t >= self._interval]:
+                    del self._last[k]
+                    self._suppressed.pop(k, None)
+            self._last[key] = now
+            return self._suppressed.pop(key, 0)
+
+
 class LimitReporter:
     """Audit records of the limits one connection hits: at most one per
-    limit per `interval`, with the count of hits not recorded since, so a
-    client hammering a limit cannot flood the audit log."""
+    limit per `interval` (see RecordGate)."""
 
     def __init__(
         self,
@@ -187,22 +214,13 @@ class LimitReporter:
         self.audit = audit
         self.peer = peer
         self.client = client
-        self._interval = interval
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._gate = RecordGate(interval, clock)
 
     def hit(self, limit: str, action: str, **extra: Any) -> None:
         """Record that `limit` was hit and what was done about it."""
-        with self._lock:
-            now = self._clock()
-            last = self._last.get(limit)
-            if last is not None and now - last < self._interval:
-                self._suppressed[limit] = self._suppressed.get(limit, 0) + 1
-                return
-            self._last[limit] = now
-            suppressed = self._suppressed.pop(limit, 0)
+        suppressed = self._gate.allow(limit)
+        if suppressed is None:
+            return
         self.audit.emit(
             "limit",
             peer=self.peer,
@@ -214,4 +232,4 @@ class LimitReporter:
         )
 
 
-__all__ = ["ClientMeter", "LimitReporter", "Limits", "TokenBucket"]
+__all__ = ["ClientMeter", "LimitReporter", "Limits", "RecordGate", "TokenBucket"]

@@ -15,7 +15,7 @@ from ..policy.peer import Peer
 from ..protocol.connection import ServerConnection
 from ..protocol.constants import DEFAULT_MAX_MSIZE, Dialect
 from .connection import Connection
-from .limits import ClientMeter, LimitReporter, Limits
+from .limits import ClientMeter, LimitReporter, Limits, RecordGate
 from .session import Session
 from .transport import Address, bound_address, open_listener, peer_of
 
@@ -56,6 +56,7 @@ class Server:
         self.audit = audit
         # per-client state, by client_name(); kept while it has connections or rate debt
         self._meters: dict[str, ClientMeter] = {}
+        self._refusals = RecordGate()  # one "refused" record per client a minute
         self.backends: dict[str, Backend] = {
             name: backend_factory(exp) for name, exp in policy.exports.items()
         }
@@ -128,8 +129,11 @@ class Server:
         if meter is None:
             log.warning("%s: refused: client %s has %d connections already", peer, client,
                         limits.max_connections)  # fmt: skip
-            self.audit.emit("refused", peer=str(peer), client=client, limit="max_connections",
-                            max=limits.max_connections)  # fmt: skip
+            held_back = self._refusals.allow(client)
+            if held_back is not None:
+                self.audit.emit("refused", peer=str(peer), client=client, limit="max_connections",
+                                max=limits.max_connections,
+                                **({"suppressed_since": held_back} if held_back else {}))  # fmt: skip
             self._forget_idle_meters()
             sock.close()
             return
