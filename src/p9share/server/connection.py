@@ -8,21 +8,35 @@ Requests that may take long (fsync, large reads and writes, directory reads)
 go to a shared worker pool so that one slow request does not hold up the
 others; their replies may then come out of order. Tflush waits for the
 flushed request to finish and is answered right after its reply.
+
+Limits (see limits.py). A client over its ops/s or bytes/s rate has its
+requests delayed, not failed: they wait, in order, on a per-connection
+throttle thread while the reader keeps reading, so a Tflush can still cancel
+a delayed request and other connections are never held up. Requests in
+flight (pooled or delayed) are capped by backpressure: at the cap the reader
+stops reading until a reply goes out. An error reply instead would reach the
+guest's applications as a failed read or write (Linux does not retry), while
+waiting costs a well-behaved guest only latency, and TCP's window then stops
+a hostile one from sending more, so its memory stays bounded either way.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import select
 import socket
 import struct
 import threading
+import time
+from collections import deque
 from concurrent.futures import Executor
 
 from ..protocol import messages as m
 from ..protocol.connection import BadRequest, FatalError, Request, ServerConnection
 from ..protocol.constants import NOTAG
 from ..protocol.wire import U32
+from .limits import ClientMeter, LimitReporter, Limits
 from .session import Session
 
 log = logging.getLogger("p9share.server")
@@ -41,6 +55,19 @@ def _goes_to_pool(msg: m.Message) -> bool:
     return t is m.Tfsync
 
 
+class _LimitClose(Exception):
+    """The connection is closed because of a limit (the audit record's name)."""
+
+    def __init__(self, limit: str, reason: str) -> None:
+        super().__init__(reason)
+        self.limit = limit
+        self.reason = reason
+
+
+# poll bits that mean the peer is gone (or the socket is dead)
+_HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
+
+
 class Connection:
     """Serves one connected socket until the peer goes away."""
 
@@ -50,7 +77,9 @@ class Connection:
         session: Session,
         pool: Executor | None,
         *,
-        max_inflight: int = 64,
+        limits: Limits = Limits(),  # noqa: B008 - frozen, shared
+        meter: ClientMeter | None = None,
+        reporter: LimitReporter | None = None,
         pool_everything: bool = False,
     ) -> None:
         self.sock = sock
@@ -62,8 +91,18 @@ class Connection:
         self._state = threading.Condition()
         self._inflight: dict[int, list[int]] = {}  # tag -> tags of Tflushes waiting for it
         self._flush_tags: set[int] = set()  # tags of those waiting Tflushes
-        self._max_inflight = max_inflight
+        self.limits = limits
+        self.meter = meter  # None: no rate limits
+        self.reporter = reporter or LimitReporter(peer=str(self.peer))
+        self._max_inflight = limits.max_inflight
+        # throttled requests waiting for their time, in arrival order: (due, tag, msg)
+        self._delayed: deque[tuple[float, int, m.Message]] = deque()
+        self._throttler: threading.Thread | None = None
+        self._stopping = False  # close() was called: stop waiting for room
         self._closing = False
+        session.fids.set_limit(
+            limits.max_fids, lambda: self.reporter.hit("max_fids", "EMFILE", max=limits.max_fids)
+        )
         # only for measuring the alternative model (benchmarks/dispatch_model.py)
         self._pool_everything = pool_everything
 
@@ -87,18 +126,64 @@ class Connection:
                 self._closing = True
 
     # ---------------------------------------------------------------- input --
-    def _recv_exact(self, view: memoryview) -> bool:
+    def _wait_readable(self, deadline: float) -> bool:
+        """Wait until the socket has input (or has hung up); False at the deadline."""
+        pending = getattr(self.sock, "pending", None)  # TLS: bytes already decrypted
+        if pending is not None and pending():
+            return True
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN | _HANGUP)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if poller.poll(max(1, int(left * 1000 + 0.999))):
+                return True
+
+    def _recv_exact(self, view: memoryview, deadline: float | None) -> bool:
+        """Fill view; False at EOF. Past the deadline, _LimitClose."""
         got = 0
         while got < len(view):
-            n = self.sock.recv_into(view[got:])
+            if deadline is None:
+                n = self.sock.recv_into(view[got:])
+            else:
+                try:  # the rest of a frame has usually arrived already: no poll
+                    n = self.sock.recv_into(view[got:], 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if not self._wait_readable(deadline):
+                        raise _LimitClose(
+                            "header_timeout",
+                            f"message not complete within {self.limits.header_timeout:g} s",
+                        ) from None
+                    continue
             if n == 0:
                 return False
             got += n
         return True
 
+    def _await_request(self) -> None:
+        """Wait for the next request's first byte; with an idle timeout, a
+        connection with no request for that long and none in flight is closed."""
+        idle = self.limits.idle_timeout
+        if not idle:
+            return
+        while not self._wait_readable(time.monotonic() + idle):
+            with self._state:
+                busy = bool(self._inflight)
+            if not busy:
+                raise _LimitClose("idle_timeout", f"no request for {idle:g} s")
+
     def _read_frame(self) -> memoryview | FatalError | None:
+        self._await_request()
         head = bytearray(4)
-        if not self._recv_exact(memoryview(head)):
+        hview = memoryview(head)
+        got = self.sock.recv_into(hview)
+        if got == 0:
+            return None
+        # a half-sent message holds a reader thread and a buffer: bound its time
+        timeout = self.limits.header_timeout
+        deadline = time.monotonic() + timeout if timeout else None
+        if not self._recv_exact(hview[got:], deadline):
             return None
         (size,) = U32.unpack(head)
         bad = self.proto.check_size(size)
@@ -107,7 +192,7 @@ class Connection:
         frame = bytearray(size)
         frame[:4] = head
         view = memoryview(frame)
-        if not self._recv_exact(view[4:]):
+        if not self._recv_exact(view[4:], deadline):
             log.info("%s: connection closed in the middle of a message", self.peer)
             return None
         return view
@@ -116,11 +201,15 @@ class Connection:
     def serve(self) -> None:
         try:
             self._loop()
+        except _LimitClose as e:
+            log.warning("%s: closing: %s", self.peer, e.reason)
+            self.reporter.hit(e.limit, "closed", reason=e.reason)
         except OSError as e:
             log.info("%s: connection error: %s", self.peer, e)
         except Exception:  # a server bug ends this connection only
             log.exception("%s: closing after an internal error", self.peer)
         finally:
+            self._discard_delayed()
             self._drain()
             with self._send_lock:
                 self._closing = True
@@ -156,26 +245,48 @@ class Connection:
     def _dispatch(self, req: Request) -> bool:
         msg, tag = req.msg, req.tag
         if isinstance(msg, m.Tversion):
+            self._discard_delayed()  # Tversion aborts what has not started
             self._drain()
             self.session.reset()
             self._send(tag, self.proto.version(msg))
             return True
         if isinstance(msg, m.Tflush):
             with self._state:
-                waiting = self._inflight.get(msg.oldtag)
+                if self._cancel_delayed(msg.oldtag):
+                    waiting = None  # it never ran: no reply for it, Rflush at once
+                else:
+                    waiting = self._inflight.get(msg.oldtag)
                 if waiting is not None:
                     waiting.append(tag)
                     self._flush_tags.add(tag)
                     return True
             self._send(tag, m.Rflush())
             return True
+        delay = self._throttle(msg)
+        if delay > 0 or self._delayed:  # queued ones go first: keep the order
+            due = time.monotonic() + delay
+            if not self._reserve(tag):
+                return False
+            with self._state:
+                self._delayed.append((due, tag, msg))
+                self._state.notify_all()
+                if self._throttler is None:
+                    self._throttler = threading.Thread(
+                        target=self._run_delayed, daemon=True, name=f"p9share-throttle {self.peer}"
+                    )
+                    self._throttler.start()
+            return True
         if self.pool is None or not (self._pool_everything or _goes_to_pool(msg)):
             self._send(tag, self.session.handle(msg))
             return True
-        with self._state:
-            while len(self._inflight) >= self._max_inflight:
-                self._state.wait()
-            self._inflight[tag] = []
+        if not self._reserve(tag):
+            return False
+        self._submit(tag, msg)
+        return True
+
+    def _submit(self, tag: int, msg: m.Message) -> None:
+        """Run a request (its tag reserved) on the pool."""
+        assert self.pool is not None
         try:
             self.pool.submit(self._run_pooled, tag, msg)
         except RuntimeError:  # pool shut down: the server is stopping
@@ -183,7 +294,81 @@ class Connection:
                 del self._inflight[tag]
                 self._state.notify_all()
             self._send(tag, self.proto.error_reply(errno.ESHUTDOWN))
-        return True
+
+    # --------------------------------------------------------------- limits --
+    def _throttle(self, msg: m.Message) -> float:
+        """Charge the client's rate buckets; the delay this request must wait."""
+        if self.meter is None:
+            return 0.0
+        nbytes = 0
+        if isinstance(msg, m.Tread):
+            nbytes = min(msg.count, self.proto.msize)
+        elif isinstance(msg, m.Twrite):
+            nbytes = len(msg.data)
+        delay, limit = self.meter.charge(nbytes)
+        if delay > 0:
+            self.reporter.hit(limit, "delayed", delay=round(delay, 3))
+        return delay
+
+    def _reserve(self, tag: int) -> bool:
+        """Mark tag in flight, first waiting for room under max_inflight
+        (backpressure: nothing is read meanwhile). False if the connection
+        is closing or its peer hung up while waiting."""
+        with self._state:
+            if len(self._inflight) >= self._max_inflight:
+                self.reporter.hit("max_inflight", "paused reading", max=self._max_inflight)
+            while len(self._inflight) >= self._max_inflight:
+                if self._stopping or self._hung_up():
+                    self._discard_delayed()
+                    return False
+                self._state.wait(1.0)
+            self._inflight[tag] = []
+            return True
+
+    def _hung_up(self) -> bool:
+        """Whether the peer has gone (checked while not reading: a client that
+        leaves with throttled requests queued must not keep them waiting)."""
+        poller = select.poll()
+        poller.register(self.sock.fileno(), _HANGUP)
+        return bool(poller.poll(0))
+
+    def _run_delayed(self) -> None:
+        """The throttle thread: runs delayed requests in order when due; ends
+        when none is left (the next delayed request starts a new one)."""
+        while True:
+            with self._state:
+                while True:
+                    if not self._delayed:
+                        self._throttler = None
+                        return
+                    due, tag, msg = self._delayed[0]
+                    left = due - time.monotonic()
+                    if left <= 0:
+                        self._delayed.popleft()
+                        break
+                    self._state.wait(left)
+            if self.pool is not None and (self._pool_everything or _goes_to_pool(msg)):
+                self._submit(tag, msg)
+            else:
+                self._run_pooled(tag, msg)
+
+    def _cancel_delayed(self, tag: int) -> bool:
+        """Drop a delayed request that has not started (caller holds _state)."""
+        for i, (_, t, _) in enumerate(self._delayed):
+            if t == tag:
+                del self._delayed[i]
+                del self._inflight[tag]
+                self._state.notify_all()
+                return True
+        return False
+
+    def _discard_delayed(self) -> None:
+        """Forget every delayed request (Tversion, connection end): they get no reply."""
+        with self._state:
+            while self._delayed:
+                _, tag, _ = self._delayed.popleft()
+                self._inflight.pop(tag, None)
+            self._state.notify_all()
 
     def _tag_busy(self, tag: int) -> bool:
         """A tag is busy from its request until its reply (or Rflush) is sent."""
@@ -216,6 +401,9 @@ class Connection:
 
     def close(self) -> None:
         """Stop serving (server shutdown): the reader sees EOF."""
+        with self._state:
+            self._stopping = True
+            self._state.notify_all()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import errno
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..backend.base import Backend, Node, OpenFile
@@ -73,6 +74,14 @@ class FidTable:
     def __init__(self) -> None:
         self._fids: dict[int, Fid] = {}
         self._lock = threading.Lock()
+        self._max_fids = 0  # 0: no limit
+        self._on_limit: Callable[[], None] | None = None
+
+    def set_limit(self, max_fids: int, on_limit: Callable[[], None] | None = None) -> None:
+        """Hold at most max_fids fids (0: no limit). Adding one more fails
+        with EMFILE and calls on_limit (outside the table's lock)."""
+        self._max_fids = max_fids
+        self._on_limit = on_limit
 
     def __len__(self) -> int:
         return len(self._fids)
@@ -99,13 +108,20 @@ class FidTable:
             f.release_resources()
 
     def add(self, f: Fid) -> None:
-        """Insert a new fid; EEXIST if the number is taken, EBADF for NOFID."""
+        """Insert a new fid; EEXIST if the number is taken, EBADF for NOFID,
+        EMFILE past the limit."""
         if f.num == NOFID:
             raise OSError(errno.EBADF, "NOFID cannot name a fid")
         with self._lock:
             if f.num in self._fids:
                 raise OSError(errno.EEXIST, f"fid {f.num} is in use")
-            self._fids[f.num] = f
+            full = 0 < self._max_fids <= len(self._fids)
+            if not full:
+                self._fids[f.num] = f
+        if full:
+            if self._on_limit is not None:
+                self._on_limit()
+            raise OSError(errno.EMFILE, f"too many fids (limit {self._max_fids})")
 
     def check_free(self, num: int) -> None:
         if num == NOFID:

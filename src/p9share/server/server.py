@@ -17,6 +17,7 @@ from ..protocol.connection import ServerConnection
 from ..protocol.constants import DEFAULT_MAX_MSIZE, Dialect
 from ..security.auth import Key, Keyring
 from .connection import Connection
+from .limits import ClientMeter, LimitReporter, Limits, RecordGate
 from .session import Session
 from .tls import TlsSocket
 from .transport import (
@@ -61,13 +62,15 @@ class Server:
         backend_factory: BackendFactory = host_backend,
         workers: int = 4,
         dispatch: str = "hybrid",
+        limits: Limits = Limits(),  # noqa: B008 - frozen, shared
         audit: AuditLog = NULL_AUDIT,
         keyring: Keyring | None = None,
         auth_required: bool = False,
     ) -> None:
         """dispatch: "hybrid" (the default: inline, slow requests pooled),
         "inline" (no pool) or "pool" (every request pooled); the last two exist
-        to measure the choice. keyring, auth_required: see Session."""
+        to measure the choice. limits: the defaults of every client (a
+        policy's client can override them). keyring, auth_required: see Session."""
         if keyring is None and policy.keys:
             keyring = _keyring_of(policy)
         if auth_required and keyring is None:
@@ -82,6 +85,11 @@ class Server:
         self.backend_factory = backend_factory
         self.msize = msize
         self.dialects = dialects
+        self.limits = limits
+        self.audit = audit
+        # per-client state, by client_name(); kept while it has connections or rate debt
+        self._meters: dict[str, ClientMeter] = {}
+        self._refusals = RecordGate()  # one "refused" record per client a minute
         self.backends: dict[str, Backend] = {
             name: backend_factory(exp) for name, exp in policy.exports.items()
         }
@@ -135,8 +143,31 @@ class Server:
         t.start()
         return real
 
+    def client_name(self, peer: Peer) -> str:
+        """The key per-client limits are kept under: the policy's client that
+        the peer matches by transport; under the open policy (or before a key
+        is proven) the Unix peer's uid, the TCP source address, else the
+        listener."""
+        client = self.policy.identify(peer)
+        if client is not None and self.policy.clients is not None:
+            return client.name
+        if peer.uid is not None:
+            return f"uid:{peer.uid}"
+        if peer.address is not None:
+            return peer.address
+        return peer.listener
+
+    def limits_for(self, client: str) -> Limits:
+        """The limits of a client (by client_name): the policy's client's own
+        values over the server's defaults."""
+        cl = self.policy.clients.get(client) if self.policy.clients else None
+        if cl is None or not cl.limits:
+            return self.limits
+        return Limits.from_mapping(cl.limits, base=self.limits)
+
     def new_session(self, peer: Peer) -> Session:
-        proto = ServerConnection(self.msize, self.dialects)
+        max_msize = self.limits_for(self.client_name(peer)).max_msize
+        proto = ServerConnection(min(self.msize, max_msize), self.dialects)
         return Session(proto, self.policy, self.backends, str(peer), peer_info=peer,
                        audit=self.audit, keyring=self.keyring,
                        auth_required=self.auth_required)  # fmt: skip
@@ -213,25 +244,49 @@ class Server:
             self.audit.emit("refused", peer=str(peer), reason="no client matches")
             sock.close()
             return
+        client = self.client_name(peer)
+        limits = self.limits_for(client)
+        meter = self._connect_meter(client, limits)
+        if meter is None:
+            log.warning("%s: refused: client %s has %d connections already", peer, client,
+                        limits.max_connections)  # fmt: skip
+            held_back = self._refusals.allow(client)
+            if held_back is not None:
+                self.audit.emit("refused", peer=str(peer), client=client, limit="max_connections",
+                                max=limits.max_connections,
+                                **({"suppressed_since": held_back} if held_back else {}))  # fmt: skip
+            self._forget_idle_meters()
+            sock.close()
+            return
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(
-            sock, self.new_session(peer), self.pool, pool_everything=self.dispatch == "pool"
-        )
+        try:
+            conn = Connection(
+                sock, self.new_session(peer), self.pool, limits=limits,
+                meter=meter if limits.ops_per_second or limits.bytes_per_second else None,
+                reporter=LimitReporter(self.audit, str(peer), client),
+                pool_everything=self.dispatch == "pool",
+            )  # fmt: skip
+        except BaseException:
+            meter.disconnect()
+            sock.close()
+            raise
         with self._lock:
             self._connections.add(conn)
-        client = conn.session.client
-        log.info("%s: connected (client %s)", peer, client.name if client else "to be proven")
-        self.audit.emit("connect", peer=str(peer), client=client.name if client else None)
+        who = conn.session.client
+        log.info("%s: connected (client %s)", peer, who.name if who else "to be proven")
+        self.audit.emit("connect", peer=str(peer), client=client)
 
         def run() -> None:
             try:
                 conn.serve()
             finally:
-                self.audit.emit("disconnect", peer=str(peer))
+                meter.disconnect()
+                self.audit.emit("disconnect", peer=str(peer), client=client)
                 with self._lock:
                     self._connections.discard(conn)
                     last = oneshot and not self._listeners and not self._connections
+                self._forget_idle_meters()
                 if last:
                     log.info("the inherited connection ended: stopping")
                     self._stopped.set()
@@ -291,6 +346,22 @@ class Server:
             except OSError:
                 return False
         return True
+
+    def _connect_meter(self, client: str, limits: Limits) -> ClientMeter | None:
+        """The client's meter with this connection counted, or None if the
+        client is at its connection limit."""
+        with self._lock:  # one step, so a meter being forgotten is never counted on
+            meter = self._meters.get(client)
+            if meter is None:
+                meter = self._meters[client] = ClientMeter(client, limits)
+            return meter if meter.try_connect() else None
+
+    def _forget_idle_meters(self) -> None:
+        """Drop meters with no connection and no rate debt (a client cannot
+        shed its debt by reconnecting, and many past clients cost nothing)."""
+        with self._lock:
+            for name in [n for n, mt in self._meters.items() if mt.idle()]:
+                del self._meters[name]
 
     def connection_count(self) -> int:
         with self._lock:

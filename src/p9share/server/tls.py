@@ -57,9 +57,15 @@ class TlsSocket(socket.socket):
             if data:
                 super().sendall(data)
 
-    def _fill(self) -> None:
-        """Feed the TLS layer the next ciphertext from the socket (blocks)."""
-        data = super().recv(_RECV_CHUNK)
+    def pending(self) -> int:
+        """Decrypted bytes ready to read without touching the socket."""
+        with self._tls_lock:
+            return self._tls.pending()
+
+    def _fill(self, dontwait: bool = False) -> None:
+        """Feed the TLS layer the next ciphertext from the socket (blocks,
+        unless dontwait: then BlockingIOError when nothing has arrived)."""
+        data = super().recv(_RECV_CHUNK, socket.MSG_DONTWAIT if dontwait else 0)
         with self._tls_lock:
             if data:
                 self._incoming.write(data)
@@ -119,8 +125,9 @@ class TlsSocket(socket.socket):
 
     # ----------------------------------------------------------- plaintext --
     def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
-        if flags:
-            raise ValueError("recv_into: flags are not supported on a TLS socket")
+        if flags & ~socket.MSG_DONTWAIT:
+            raise ValueError("recv_into: only MSG_DONTWAIT is supported on a TLS socket")
+        dontwait = bool(flags & socket.MSG_DONTWAIT)
         view = memoryview(buffer).cast("B")
         n = nbytes or len(view)
         if n <= 0:
@@ -142,7 +149,7 @@ class TlsSocket(socket.socket):
                     return got
                 if self._eof:
                     return 0
-                self._fill()
+                self._fill(dontwait)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         buf = bytearray(bufsize)
