@@ -1,7 +1,9 @@
 """The p9share command line.
 
     p9share serve [PATH] [--export NAME=PATH[:ro]]... [--listen ADDR]...
-                  [--msize BYTES] [--log-level LEVEL]
+                  [--msize BYTES] [--log-level LEVEL] [--config FILE] [--audit-log FILE]
+    p9share check-config FILE
+    p9share keygen [--id NAME] [-o FILE]
 
 This grammar is a contract that scripts and the tests rely on: keep it stable.
 """
@@ -16,8 +18,10 @@ import sys
 from collections.abc import Sequence
 
 from .policy import Export, Policy
+from .policy.config import Config, ConfigError, Listener, load_config
 from .protocol.constants import DEFAULT_MAX_MSIZE, MIN_MSIZE, Dialect
-from .server.transport import Address, AddressError, parse_address
+from .server.limits import Limits
+from .server.transport import Address, AddressError, TlsSettings, parse_address
 
 DEFAULT_LISTEN = "tcp:127.0.0.1:5640"
 MAX_MSIZE_LIMIT = 16 * 1024 * 1024
@@ -92,44 +96,129 @@ def mount_hint(addr: Address, export: str, msize: int) -> str:
     return f"serving the inherited connection {addr}"
 
 
+def load_checked(path: str) -> tuple[Config, Limits]:
+    """A policy file with every value checked, the limits included (their
+    meaning lives with the server that enforces them)."""
+    cfg = load_config(path)
+    try:
+        limits = Limits.from_mapping(cfg.limits)
+    except ValueError as e:
+        raise ConfigError(f"{path}: limits: {e}") from None
+    for cl in (cfg.policy.clients or {}).values():
+        try:
+            Limits.from_mapping(cl.limits, base=limits)
+        except ValueError as e:
+            raise ConfigError(f"{path}: clients.{cl.name}.limits: {e}") from None
+    return cfg, limits
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg, _ = load_checked(args.file)
+    clients = cfg.policy.clients or {}
+    print(f"{args.file}: OK: {len(cfg.policy.exports)} exports "
+          f"({', '.join(cfg.policy.exports)}), {len(clients)} clients "
+          f"({', '.join(clients)}), {len(cfg.listeners)} listeners")  # fmt: skip
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .security.auth import KeyFileError, keygen
+
+    try:
+        text = keygen(args.id, args.output)
+    except KeyFileError as e:
+        raise UsageError(str(e)) from None
+    if args.output:
+        print(f"p9share: key {text.split()[1]} written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .audit import AuditLog
     from .server.server import Server
 
-    policy = build_policy(args.path, args.export)
-    msize = _msize_arg(args.msize) if args.msize else DEFAULT_MAX_MSIZE
-    addrs = [parse_address(a) for a in (args.listen or [DEFAULT_LISTEN])]
+    if args.config:
+        if args.path is not None or args.export:
+            raise UsageError("--config names the exports: give no PATH or --export with it")
+        cfg, limits = load_checked(args.config)
+    else:
+        cfg, limits = Config(build_policy(args.path, args.export)), Limits()
+    policy = cfg.policy
+    msize = _msize_arg(args.msize) if args.msize else (cfg.msize or DEFAULT_MAX_MSIZE)
+    if args.listen:
+        listeners = [Listener(a, a) for a in args.listen]
+    else:
+        listeners = cfg.listeners or [Listener(DEFAULT_LISTEN, DEFAULT_LISTEN)]
+    addrs = [(parse_address(ln.address), ln.name) for ln in listeners]
+    tls = TlsSettings(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca) if cfg.tls else None
+    if any(a.kind == "tls" for a, _ in addrs) and tls is None:
+        raise UsageError("a tls: listener needs a policy file with [server.tls] cert, key, client_ca")
     try:
-        server = Server(policy, msize=msize, dialects=frozenset({Dialect.P9P2000L}))
+        audit = AuditLog(args.audit_log or cfg.audit_log)
     except OSError as e:
+        raise UsageError(f"cannot open audit log {e.filename}: {e.strerror}") from None
+    try:
+        server = Server(policy, msize=msize, dialects=frozenset({Dialect.P9P2000L}),
+                        limits=limits, audit=audit, auth_required=cfg.auth_required)  # fmt: skip
+    except OSError as e:
+        audit.close()
         raise UsageError(f"cannot open export: {e.filename or ''} {e.strerror}".strip()) from None
     log = logging.getLogger("p9share")
     try:
-        bound = [server.listen(a) for a in addrs]
+        bound = [
+            server.listen(a, tls=tls if a.kind == "tls" else None, name=name) for a, name in addrs
+        ]
     except AddressError:
         server.stop()
+        audit.close()
         raise
     for exp in policy.exports.values():
-        log.info("export %r: %s%s", exp.name, exp.path, " (read-only)" if exp.readonly else "")
+        log.info("export %r: %s%s (ids: %s)", exp.name, exp.path,
+                 " (read-only)" if exp.readonly else "", exp.idmap.mode)  # fmt: skip
     first = next(iter(policy.exports))
     for b in bound:
         print(f"p9share: serving on {b}", file=sys.stderr)
         print(f"  guest: {mount_hint(b, first, msize)}", file=sys.stderr)
-    print(
-        "p9share: warning: no policy file: any local user who can reach these "
-        "listeners can read and write the exports",
-        file=sys.stderr,
-    )
+    if policy.clients is None:
+        print(
+            "p9share: warning: no policy file: any local user who can reach these "
+            "listeners can read and write the exports",
+            file=sys.stderr,
+        )
+    else:
+        print(f"p9share: policy {cfg.source}: clients {', '.join(policy.clients)}",
+              file=sys.stderr)  # fmt: skip
+    audit.emit("start", listeners=[str(b) for b in bound], exports=list(policy.exports),
+               policy=cfg.source)  # fmt: skip
     sys.stderr.flush()
 
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping", signum)
         server.stop()
 
+    def reload(_signum: int, _frame: object) -> None:
+        if not args.config:
+            log.warning("SIGHUP: no policy file to reload (serving the command line's exports)")
+            return
+        try:
+            new, _ = load_checked(args.config)
+            closed = server.reload(new.policy)
+        except (ConfigError, OSError) as e:
+            log.error("SIGHUP: policy not reloaded, the old one stays: %s", e)
+            audit.emit("reload", ok=False, policy=args.config, reason=str(e))
+            return
+        log.info("SIGHUP: policy %s reloaded; %d connections closed", args.config, len(closed))
+        audit.emit("reload", ok=True, policy=args.config, closed=closed)
+
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, reload)
     while not server.wait(1.0):
         pass
     server.stop()
+    audit.close()
     return 0
 
 
@@ -150,7 +239,17 @@ def make_parser() -> argparse.ArgumentParser:
         help=f"largest message size offered (default {DEFAULT_MAX_MSIZE})",
     )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--config", metavar="FILE",
+                   help="policy file (TOML): exports, clients, listeners; SIGHUP reloads it")  # fmt: skip
+    s.add_argument("--audit-log", metavar="FILE", help="append JSON-lines audit records to FILE")
     s.set_defaults(func=cmd_serve)
+    cc = sub.add_parser("check-config", help="validate a policy file without serving")
+    cc.add_argument("file", metavar="FILE")
+    cc.set_defaults(func=cmd_check_config)
+    kg = sub.add_parser("keygen", help="make a client key for 9P authentication (Tauth)")
+    kg.add_argument("--id", metavar="NAME", help="key id (default: this host's name)")
+    kg.add_argument("-o", "--output", metavar="FILE", help="write the key file (mode 0600)")
+    kg.set_defaults(func=cmd_keygen)
     return p
 
 
@@ -167,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except (UsageError, AddressError) as e:
+    except (UsageError, AddressError, ConfigError) as e:
         print(f"p9share: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
