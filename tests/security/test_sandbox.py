@@ -256,6 +256,27 @@ def test_keep_root_caps_leaves_exactly_the_file_server_set(dirs: dict[str, str])
     assert "caps chown,dac_override,fowner,fsetid" in res["summary"]
 
 
+@needs_landlock
+def test_daemon_threads_at_exit_do_not_abort_the_process(dirs: dict[str, str]) -> None:
+    # CPython ends daemon threads at shutdown with pthread_exit, for which glibc
+    # dlopens libgcc_s.so.1: unreachable under Landlock unless preloaded.
+    res = child(
+        """
+        import threading, time
+        rep = sb.apply_sandbox(sb.SandboxConfig(rw_paths=[args["A"]]))
+        out["libgcc_note"] = [n for n in rep.notes if "libgcc" in n]
+        def spin():
+            while True:
+                time.sleep(0.0005)
+        for _ in range(4):
+            threading.Thread(target=spin, daemon=True).start()
+        time.sleep(0.05)
+        """,
+        dirs,
+    )
+    assert res == {"libgcc_note": []}  # and child() checked the exit status is 0
+
+
 # ---------------------------------------------------------------- network --
 @pytest.mark.skipif(ABI < 4, reason="Landlock network rules need ABI 4")
 def test_no_new_tcp_but_bound_listener_keeps_serving(dirs: dict[str, str]) -> None:

@@ -521,6 +521,22 @@ def _existing(paths: Iterable[str], what: str) -> tuple[str, ...]:
 _DEVICE_RULES = (("/dev/null", FS_READ_FILE | FS_WRITE_FILE), ("/dev/urandom", FS_READ_FILE))
 
 
+# Libraries kept loaded for good: see _preload_libraries.
+_preloaded: list[ctypes.CDLL] = []
+
+
+def _preload_libraries(rep: SandboxReport) -> None:
+    """Load now what glibc would dlopen lazily once files are out of reach.
+    glibc loads libgcc_s.so.1 on the first pthread_exit or cancellation (and
+    CPython calls pthread_exit when a daemon thread meets interpreter
+    shutdown); under Landlock that open fails and glibc aborts the process.
+    Loaded now, the later dlopen finds it in memory by its soname."""
+    try:
+        _preloaded.append(ctypes.CDLL("libgcc_s.so.1"))
+    except OSError:
+        rep.notes.append("libgcc_s.so.1 not loadable: a thread exit may abort the process")
+
+
 def apply_sandbox(cfg: SandboxConfig) -> SandboxReport:
     """Confine this process for good (see the module doc for the order).
     Raises SandboxError when the configuration cannot be met; the caller must
@@ -547,6 +563,8 @@ def apply_sandbox(cfg: SandboxConfig) -> SandboxReport:
             python.append(real)
     rep.rw_paths, rep.ro_paths, rep.write_paths = rw, ro, state
     rep.python_paths = tuple(python)
+
+    _preload_libraries(rep)
 
     # 2. Landlock ruleset, built while the paths are reachable.
     abi = landlock_abi()
