@@ -562,6 +562,8 @@ def apply_sandbox(cfg: SandboxConfig) -> SandboxReport:
         elif os.path.exists(real):
             python.append(real)
     rep.rw_paths, rep.ro_paths, rep.write_paths = rw, ro, state
+    if "/" in rw + ro + state:
+        rep.notes.append("a granted path is the root directory: Landlock confines nothing")
     rep.python_paths = tuple(python)
 
     _preload_libraries(rep)
