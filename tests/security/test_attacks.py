@@ -23,7 +23,6 @@ import ctypes
 import errno
 import os
 import secrets
-import socket
 import stat
 import struct
 import subprocess
@@ -233,8 +232,7 @@ def test_dotdot_then_a_sibling_name_is_not_found(arena: Arena, names: list[str])
     try:
         r = c_.walk(0, 1, names)
     except ServerError as e:
-        assert first_missing == 0 or e.errno == errno.ENOENT
-        assert e.errno == errno.ENOENT
+        assert first_missing == 0 and e.errno == errno.ENOENT  # nothing walked
     else:
         assert len(r.qids) == first_missing  # partial walk: stopped at the sibling
     assert errno_of(c_, m.Tgetattr(1, GETATTR_ALL)) == errno.EBADF  # newfid not made
@@ -246,7 +244,7 @@ def test_dotdot_then_a_sibling_name_is_not_found(arena: Arena, names: list[str])
 def test_walk_names_with_a_slash_are_refused(arena: Arena, name: str) -> None:
     c_ = arena.client()
     assert errno_of(c_, m.Twalk(0, 1, [name])) == errno.EINVAL
-    assert errno_of(c_, m.Twalk(0, 1, ["sub", name])) in (0, errno.EINVAL)
+    assert errno_of(c_, m.Twalk(0, 1, ["sub", name])) == errno.EINVAL  # checked before walking
     assert errno_of(c_, m.Tgetattr(1, GETATTR_ALL)) == errno.EBADF
 
 
@@ -315,6 +313,22 @@ def test_planted_symlinks_are_never_followed(arena: Arena, link: str) -> None:
     assert errno_of(c_, m.Tstatfs(3)) == 0  # statfs of a link is harmless
 
 
+def test_dotdot_from_a_directory_moved_out_by_the_host_is_refused(arena: Arena) -> None:
+    """A host process moves a directory the guest holds out of the export:
+    '..' from it no longer leads anywhere (it would lead outside)."""
+    (arena.a / "sub" / "d2").mkdir()
+    c_ = arena.client()
+    c_.walk(0, 1, ["sub", "d2"])
+    limbo = arena.tmp / "limbo"
+    os.rename(arena.a / "sub" / "d2", limbo)
+    try:
+        assert errno_of(c_, m.Twalk(1, 2, [".."])) == errno.ENOENT
+        assert errno_of(c_, m.Twalk(1, 2, ["..", "..", "outside"])) == errno.ENOENT
+    finally:
+        os.rename(limbo, arena.a / "sub" / "d2")
+    c_.walk(1, 2, [".."])  # back inside: allowed again
+
+
 @pytest.mark.parametrize(
     "target", ["/", "..", "../outside/secret", "/etc/shadow", "x/" * 100 + "y", "é ü"]
 )
@@ -354,7 +368,7 @@ def _swapper(a: Path, b: Path, stop: threading.Event, count: list[int]) -> None:
         count[0] += 1
 
 
-RACE_SECONDS = 1.0
+RACE_SECONDS = 0.8
 RACE_ITERATIONS = 2000
 RACE_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EPERM, errno.ENXIO}
 
@@ -715,7 +729,7 @@ def test_xattr_attack_names(arena: Arena) -> None:
     c_.walk(0, 1, ["hello"])
     assert errno_of(c_, m.Txattrcreate(1, "", 4, 0)) == errno.EINVAL
     assert errno_of(c_, m.Txattrwalk(1, 2, "user.canary")) == errno.ENODATA
-    assert errno_of(c_, m.Txattrwalk(1, 2, "nonamespace")) in (errno.EOPNOTSUPP, errno.ENODATA)
+    assert errno_of(c_, m.Txattrwalk(1, 2, "nonamespace")) == errno.EOPNOTSUPP
     assert errno_of(c_, m.Txattrcreate(1, "user.x", 1 << 20, 0)) == errno.E2BIG
 
 
@@ -792,9 +806,10 @@ def test_long_names(arena: Arena, length: int, want: int) -> None:
     name = "n" * length
     assert errno_of(c_, m.Tmkdir(0, name, 0o755, 0)) == want
     assert errno_of(c_, m.Twalk(0, 1, [name])) == (want or 0)
-    assert errno_of(c_, m.Tsymlink(0, "ln" if not want else name, "t" * length, 0)) in (
-        0,
-        errno.ENAMETOOLONG,
+    assert errno_of(c_, m.Tsymlink(0, "s" * length, "t", 0)) == want
+    # a target longer than PATH_MAX cannot be stored
+    assert errno_of(c_, m.Tsymlink(0, "ln", "t" * length, 0)) == (
+        0 if length < 4096 else errno.ENAMETOOLONG
     )
 
 
@@ -841,19 +856,23 @@ def _pipeline(c_: RawClient, msgs: list[m.Message], batch: int = 2000) -> list[m
 
 
 def test_fid_exhaustion(arena: Arena) -> None:
-    """20,000 fids on one connection (the root and a file), then all clunked:
-    a second client works meanwhile and no fd is left behind."""
+    """20,000 fids on one connection (clones of the root, one in twenty a
+    file): a second client works meanwhile; clunks and then a Tversion (which
+    drops every fid) leave no fd behind."""
     fds = _open_fds()
     c_ = arena.client()
     n = 20_000
-    walks: list[m.Message] = [m.Twalk(0, 100 + i, ["hello"] if i % 2 else []) for i in range(n)]
+    walks: list[m.Message] = [m.Twalk(0, 100 + i, [] if i % 20 else ["hello"]) for i in range(n)]
     replies = _pipeline(c_, walks)
     assert all(isinstance(r, m.Rwalk) for r in replies)
     arena.second_client_works()
     c_.walk(0, 100 + n, ["sub"])  # still more fids possible
-    replies = _pipeline(c_, [m.Tclunk(100 + i) for i in range(n + 1)])
+    replies = _pipeline(c_, [m.Tclunk(100 + i) for i in range(0, n, 20)])
     assert all(isinstance(r, m.Rclunk) for r in replies)
     assert errno_of(c_, m.Tclunk(100)) == errno.EBADF
+    c_.version(1 << 20)  # drops the other 19,001
+    assert errno_of(c_, m.Tclunk(101)) == errno.EBADF
+    c_.attach(0, "a")
     assert _open_fds() <= fds + 8  # this client's socket and the like
 
 
@@ -887,8 +906,6 @@ def test_half_sent_messages_leave_others_served(arena: Arena) -> None:
     half_body.send_raw(big[: len(big) // 2])
     silent = arena.client(attach=False)  # version only, then nothing
     arena.second_client_works()
-    for _ in range(3):
-        arena.second_client_works()
     half_header.send_raw(frame[3:])
     tag, r = half_header.recv()
     assert tag == 5 and isinstance(r, m.Rgetattr)
@@ -961,15 +978,3 @@ def test_cross_mounts_false_on_the_backend(mount_in_export: Path) -> None:
         be.release(root)
     finally:
         be.shutdown()
-
-
-def test_socket_timeout_is_bounded() -> None:
-    """The clients of this suite fail rather than hang on a server that
-    stops answering (a listener that never replies)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(1)
-        c_ = WatchedClient(connect(f"tcp:127.0.0.1:{s.getsockname()[1]}", 0.3))
-        c_.leaks = []
-        with c_, pytest.raises(TimeoutError):
-            c_.version()
