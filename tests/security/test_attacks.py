@@ -373,24 +373,32 @@ RACE_ITERATIONS = 2000
 RACE_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EPERM, errno.ENXIO}
 
 
-@pytest.fixture
-def swapper(arena: Arena) -> Iterator[Callable[[Path, Path], list[int]]]:
-    """Starts a thread that keeps exchanging two names until the test ends."""
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
+class Swapper:
+    """Threads that keep exchanging two names until stopped."""
 
-    def start(a: Path, b: Path) -> list[int]:
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, a: Path, b: Path) -> list[int]:
         count = [0]
-        t = threading.Thread(target=_swapper, args=(a, b, stop, count), daemon=True)
-        threads.append(t)
+        t = threading.Thread(target=_swapper, args=(a, b, self._stop, count), daemon=True)
+        self._threads.append(t)
         t.start()
         return count
 
-    yield start
-    stop.set()
-    for t in threads:
-        t.join(5)
-        assert not t.is_alive()
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+            assert not t.is_alive()
+
+
+@pytest.fixture
+def swapper(arena: Arena) -> Iterator[Swapper]:
+    sw = Swapper()
+    yield sw
+    sw.stop()  # before the arena's checks
 
 
 def _race_loop(body: Callable[[int], None]) -> int:
@@ -411,9 +419,7 @@ def _expect_refusal_or(c_: RawClient, msg: m.Message) -> m.Message | None:
         return None
 
 
-def test_race_directory_swapped_for_symlink_to_outside(
-    arena: Arena, swapper: Callable[[Path, Path], list[int]]
-) -> None:
+def test_race_directory_swapped_for_symlink_to_outside(arena: Arena, swapper: Swapper) -> None:
     """While a host process keeps swapping the directory 'race' with a symlink
     to the outside directory, the guest walks through it, reads a file of the
     same name as the canary and creates files in it: it only ever sees the
@@ -422,7 +428,7 @@ def test_race_directory_swapped_for_symlink_to_outside(
     race.mkdir()
     (race / "secret").write_bytes(b"inside\n")
     alt.symlink_to(arena.outside)
-    swaps = swapper(race, alt)
+    swaps = swapper.start(race, alt)
     c_ = arena.client()
     stats = {"read": 0, "created": 0}
 
@@ -447,15 +453,14 @@ def test_race_directory_swapped_for_symlink_to_outside(
     n = _race_loop(body)
     assert n > 0 and swaps[0] > 0
     assert stats["read"] > 0 and stats["created"] > 0
+    swapper.stop()
     # everything made went into the real directory, wherever it is now
     real = race if race.is_dir() and not race.is_symlink() else alt
     assert len(list(real.glob("new*"))) == stats["created"]
 
 
 @pytest.mark.parametrize("kind", ["symlink", "chr_zero", "fifo", "socket"])
-def test_race_file_swapped_for_special_file(
-    arena: Arena, swapper: Callable[[Path, Path], list[int]], kind: str
-) -> None:
+def test_race_file_swapped_for_special_file(arena: Arena, swapper: Swapper, kind: str) -> None:
     """A regular file keeps being exchanged with a symlink to the canary, a
     /dev/zero-like device, a FIFO without a writer or a socket: every open
     either reaches the regular file or is refused, never blocks, and never
@@ -463,7 +468,7 @@ def test_race_file_swapped_for_special_file(
     target, alt = arena.a / "target", arena.a / "target.alt"
     target.write_bytes(b"inside\n")
     make_special(alt, kind)
-    swaps = swapper(target, alt)
+    swaps = swapper.start(target, alt)
     c_ = arena.client()
     opened = 0
 
