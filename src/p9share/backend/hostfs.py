@@ -14,6 +14,26 @@ host, so it is written the way virtiofsd is:
   file type is checked first (from the fstat of the O_PATH fd, which cannot
   change for an inode), so a symlink is never followed that way and a FIFO or
   device is never opened.
+* Special files that already exist in the export (made by a host process:
+  FIFOs, sockets, character and block devices) are never opened: Tlopen of a
+  device answers EPERM, of a FIFO or socket ENXIO (what open(2) says for a
+  socket), before any open(2) of the file happens, so nothing blocks on a
+  FIFO without a writer and no host device driver is ever reached. A guest
+  loses nothing: Linux's v9fs client opens special files through its own
+  drivers and never sends Tlopen for them. Attributes, xattrs, rename and
+  unlink of special files work as for any file (none of them opens it).
+* Symlink targets are stored as given (Tsymlink) and read back as given
+  (Treadlink), but never followed on the host: walk and open use
+  O_NOFOLLOW, a walk through a symlink fails (it is not a directory) and
+  Tlopen of one answers ELOOP.
+* Mounts below the export root: with `cross_mounts=False` a walk that would
+  land on another mount (its mount id, from statx STATX_MNT_ID, or its
+  st_dev differs from the export root's) fails with EXDEV, the errno that
+  names the reason. The mount id also catches bind mounts of directories or
+  files from the export's own filesystem, which st_dev alone cannot tell
+  apart. The guest still sees a mount point's name in listings (readdir
+  reports the inode underneath) but cannot walk into it. The default (True)
+  crosses mounts, as QEMU's and virtiofsd's defaults do.
 * Files are shared by (st_dev, st_ino) with reference counts, so 10,000 fids
   on one file use one fd. Holding that fd pins the inode, so its number
   cannot be reused by another file while the entry is in the table.
@@ -110,6 +130,7 @@ AT_EMPTY_PATH = 0x1000
 _UTIME_NOW = (1 << 30) - 1
 _UTIME_OMIT = (1 << 30) - 2
 _STATX_BTIME = 0x800
+_STATX_MNT_ID = 0x1000
 _INT64_MAX = (1 << 63) - 1
 _MAX_DEPTH = 4096  # '..' climbs give up after this many levels
 
@@ -192,6 +213,21 @@ def _statx_btime(fd: int) -> int:
         return 0
     sec, nsec = struct.unpack_from("=qI", buf, 80)  # stx_btime
     return int(sec) * 1_000_000_000 + int(nsec)
+
+
+def _mount_id(fd: int) -> int | None:
+    """The id of the mount the file behind fd is on, None if the host
+    cannot tell (statx without STATX_MNT_ID: Linux before 5.8)."""
+    if _c_statx is None:
+        return None
+    buf = ctypes.create_string_buffer(256)  # sizeof(struct statx)
+    if int(_c_statx(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, _STATX_MNT_ID, buf)) != 0:
+        return None
+    (mask,) = struct.unpack_from("=I", buf, 0)
+    if not mask & _STATX_MNT_ID:
+        return None
+    (mnt_id,) = struct.unpack_from("=Q", buf, 144)  # stx_mnt_id
+    return int(mnt_id)
 
 
 def _timespec(t: TimeSpec) -> tuple[int, int]:
@@ -328,11 +364,15 @@ _SHARED_BIG_QPATHS: dict[tuple[int, int], int] = {}
 
 
 class HostBackend(Backend):
-    """Exports the host directory `root_path` (read-only if `readonly`)."""
+    """Exports the host directory `root_path` (read-only if `readonly`;
+    confined to the root's filesystem unless `cross_mounts`)."""
 
-    def __init__(self, root_path: str, *, readonly: bool = False) -> None:
+    def __init__(
+        self, root_path: str, *, readonly: bool = False, cross_mounts: bool = True
+    ) -> None:
         _raise_nofile_limit()
         self.readonly = readonly
+        self.cross_mounts = cross_mounts
         self._lock = threading.Lock()
         self._inodes: dict[tuple[int, int], _Inode] = {}
         # shared by every export of the process, so that qid paths stay unique
@@ -353,6 +393,7 @@ class HostBackend(Backend):
             os.close(self._proc_fd)
             raise
         st = os.fstat(fd)
+        self._root_mount = _mount_id(fd)
         with self._lock:
             self._root = _Inode(fd, st, self._qpath_locked(st.st_dev, st.st_ino))
             self._inodes[self._root.key] = self._root  # our own reference, kept until shutdown
@@ -672,10 +713,19 @@ class HostBackend(Backend):
             fd = os.open(name, _O_PATH, dir_fd=d.fd)
             try:
                 st = os.fstat(fd)
+                self._check_mount(fd, st, name)
             except BaseException:
                 os.close(fd)
                 raise
             return self._new_handle(self._intern(fd, st), d, name)
+
+    def _check_mount(self, fd: int, st: os.stat_result, name: str) -> None:
+        """Refuse a file on another mount than the export root's when mounts
+        are not to be crossed (fd: its O_PATH fd, st: its fstat)."""
+        if self.cross_mounts:
+            return
+        if st.st_dev != self._root.dev or _mount_id(fd) != self._root_mount:
+            _fail(errno.EXDEV, f"{name!r} is on another mount than the export root")
 
     def _walk_up(self, d: _Inode) -> HostNode:
         if d is self._root or d.key == self._root.key:
