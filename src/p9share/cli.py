@@ -154,7 +154,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     addrs = [(parse_address(ln.address), ln.name) for ln in listeners]
     tls = TlsSettings(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca) if cfg.tls else None
     if any(a.kind == "tls" for a, _ in addrs) and tls is None:
-        raise UsageError("a tls: listener needs a policy file with [server.tls] cert, key, client_ca")
+        raise UsageError(
+            "a tls: listener needs a policy file with [server.tls] cert, key, client_ca"
+        )
     try:
         audit = AuditLog(args.audit_log or cfg.audit_log)
     except OSError as e:

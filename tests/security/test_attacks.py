@@ -626,11 +626,6 @@ def test_setuid_chmod_never_reaches_outside(arena: Arena) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="policy: set-id bits from the guest are not filtered (docs KI-13); "
-    "the lead decides the rule and wires it in the policy",
-)
 @pytest.mark.parametrize("how", ["lcreate", "setattr", "mknod"])
 def test_guest_cannot_make_set_uid_root_files(arena: Arena, how: str) -> None:
     if os.geteuid() != 0:
@@ -705,7 +700,6 @@ def test_renames_cannot_leave_the_export(arena: Arena) -> None:
 RESERVED = ["user.p9share.mode", "user.p9share.uid", "user.virtfs.mode", "user.virtfs.rdev"]
 
 
-@pytest.mark.xfail(strict=True, reason="policy: reserved xattr names (lead wires the policy)")
 @pytest.mark.parametrize("name", RESERVED)
 def test_reserved_xattr_names_are_refused(arena: Arena, name: str) -> None:
     c_ = arena.client()
@@ -713,7 +707,6 @@ def test_reserved_xattr_names_are_refused(arena: Arena, name: str) -> None:
     assert errno_of(c_, m.Txattrcreate(1, name, 4, 0)) == errno.EPERM
 
 
-@pytest.mark.xfail(strict=True, reason="policy: reserved xattr names (lead wires the policy)")
 @pytest.mark.parametrize("name", RESERVED)
 def test_reserved_xattr_names_are_invisible(arena: Arena, name: str) -> None:
     os.setxattr(arena.a / "hello", name, b"\0\0\0\0")

@@ -40,7 +40,9 @@ def host_backend(export: Export) -> Backend:
     modes and special files in xattrs on top of it."""
     from ..backend.hostfs import HostBackend
 
-    backend: Backend = HostBackend(export.path, readonly=export.readonly)
+    backend: Backend = HostBackend(
+        export.path, readonly=export.readonly, cross_mounts=export.cross_mounts
+    )
     if export.idmap.mode == "mapped":
         from ..backend.mapped import MappedBackend
 
