@@ -45,10 +45,10 @@ class AuditLog:
             self._out = target
         self._q: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize)
         self._dropped = 0
+        # the writer thread starts with the first record: the file is open
+        # before the self-sandbox, which needs a single-threaded process
         self._thread: threading.Thread | None = None
-        if self._out is not None:
-            self._thread = threading.Thread(target=self._run, name="p9share-audit", daemon=True)
-            self._thread.start()
+        self._start_lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -61,10 +61,19 @@ class AuditLog:
         if event not in EVENTS:
             raise ValueError(f"unknown audit event {event!r}")
         rec: dict[str, Any] = {"ts": round(time.time(), 6), "event": event, **fields}
+        if self._thread is None:
+            self._start()
         try:
             self._q.put_nowait(rec)
         except queue.Full:
             self._dropped += 1
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None and self._out is not None:
+                t = threading.Thread(target=self._run, name="p9share-audit", daemon=True)
+                t.start()
+                self._thread = t
 
     def _run(self) -> None:
         assert self._out is not None

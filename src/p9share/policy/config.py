@@ -58,6 +58,7 @@ class Config:
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
     auth_required: bool = False
     limits: Mapping[str, Any] = field(default_factory=dict)  # defaults for every client
+    key_files: list[str] = field(default_factory=list)  # read again on reload
 
 
 KeyLoader = Callable[[str], tuple[str, bytes]]  # path -> (key id, secret)
@@ -155,7 +156,7 @@ def parse_config(
     assert cfg.policy.clients is not None
     names = {ln.name for ln in cfg.listeners}
     for name in clients.table:
-        cl = _client(clients.sub(name), name, cfg.policy, names, key_loader)
+        cl = _client(clients.sub(name), name, cfg.policy, names, key_loader, cfg.key_files)
         cfg.policy.clients[name] = cl
     clients.used.update(clients.table)
     if not cfg.policy.clients:
@@ -317,7 +318,12 @@ def _rights(r: _Reader, base: Rights, access_default: str | None) -> Rights:
 
 
 def _client(
-    r: _Reader, name: str, policy: Policy, listener_names: set[str], key_loader: KeyLoader
+    r: _Reader,
+    name: str,
+    policy: Policy,
+    listener_names: set[str],
+    key_loader: KeyLoader,
+    key_files: list[str],
 ) -> Client:
     matches: list[Match] = []
     raw = r.get("match", (dict, list), [])
@@ -335,6 +341,7 @@ def _client(
         if key_id in policy.keys and policy.keys[key_id] != secret:
             raise r.err("key_file", f"key id {key_id!r} is used with two different secrets")
         policy.keys[key_id] = secret
+        key_files.append(key_file)
         if r.get("require_key", bool, False):
             matches = [_with_key(mt, key_id) for mt in matches] or [Match(key=key_id)]
         else:

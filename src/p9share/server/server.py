@@ -109,13 +109,24 @@ class Server:
         self._shut_down = False
         self._threads: list[threading.Thread] = []
         self._retired: list[Backend] = []  # backends replaced by a reload
+        self._pending: list[Callable[[], None]] = []  # bound, not yet served
 
     # ------------------------------------------------------------- set-up --
     def listen(
         self, addr: Address, tls: TlsSettings | None = None, name: str | None = None
     ) -> Address:
-        """Bind one listener (raises AddressError). Returns the bound address.
-        An inherited connected fd is served at once as a single connection.
+        """Bind one listener and serve it at once (see bind)."""
+        real = self.bind(addr, tls, name)
+        self.start()
+        return real
+
+    def bind(
+        self, addr: Address, tls: TlsSettings | None = None, name: str | None = None
+    ) -> Address:
+        """Bind one listener (raises AddressError) without starting a thread:
+        start() serves it, so that the self-sandbox can be applied in between
+        (it needs a single-threaded process). Returns the bound address.
+        An inherited connected fd is served as a single connection.
         A tls: address needs tls, its certificate, key and client CA (raises
         TlsConfigError, an AddressError, when they cannot be loaded). name is
         what the policy matches clients on (default: the address)."""
@@ -132,7 +143,9 @@ class Server:
         sock, listening = open_listener(addr)
         if not listening:
             self.addresses.append(addr)
-            self._start_connection(sock, peer_of(sock, addr, name), oneshot=True)
+            self._pending.append(
+                lambda: self._start_connection(sock, peer_of(sock, addr, name), oneshot=True)
+            )
             return addr
         real = bound_address(sock, addr)
         label = name or str(real)
@@ -142,8 +155,14 @@ class Server:
         t = threading.Thread(target=self._accept_loop, args=(sock, real, label, handshake),
                              daemon=True, name=f"p9share-accept {real}")  # fmt: skip
         self._threads.append(t)
-        t.start()
+        self._pending.append(t.start)
         return real
+
+    def start(self) -> None:
+        """Serve every listener bound since the last start()."""
+        pending, self._pending = self._pending, []
+        for begin in pending:
+            begin()
 
     def client_name(self, peer: Peer) -> str:
         """The key per-client limits are kept under: the policy's client that
