@@ -15,6 +15,7 @@ never receive '.' or '..'.
 from __future__ import annotations
 
 import abc
+import errno
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -230,6 +231,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def xattr_remove(self, node: Node, name: str) -> None: ...
+
+    # ---- accounting
+    def usage(self) -> tuple[int, int]:
+        """(bytes, files) the export holds: apparent sizes of regular files,
+        every inode counted once; for quotas. Optional."""
+        raise OSError(errno.EOPNOTSUPP, "this backend cannot count its usage")
 
     # ---- lifecycle
     def shutdown(self) -> None:  # noqa: B027 - an optional hook

@@ -1248,6 +1248,31 @@ class HostBackend(Backend):
         with self._xattr_path(node, name) as (path, follow):
             os.removexattr(path, name, follow_symlinks=follow)
 
+    # ----------------------------------------------------------- accounting --
+    def usage(self) -> tuple[int, int]:
+        """Walk the export from its root fd (never following a symlink, never
+        leaving the root's filesystem) and count bytes and files."""
+        seen: set[tuple[int, int]] = set()
+        size = files = 0
+        root_dev = os.fstat(self._root.fd).st_dev
+        for _top, dirs, names, dfd in os.fwalk(".", dir_fd=self._root.fd, follow_symlinks=False):
+            keep = []
+            for name in (*dirs, *names):
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if name in dirs and st.st_dev == root_dev:
+                    keep.append(name)
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                files += 1
+                if stat.S_ISREG(st.st_mode):
+                    size += st.st_size
+            dirs[:] = [d for d in dirs if d in keep]
+        return size, files
+
     # ------------------------------------------------------------ lifecycle --
     def shutdown(self) -> None:
         """Close every fd the backend holds. Nodes and files still in the

@@ -557,5 +557,8 @@ class MappedBackend(Backend):
         self.inner.xattr_remove(n.inner, self._host_xattr_name(name))
 
     # ---------------------------------------------------------- lifecycle --
+    def usage(self) -> tuple[int, int]:
+        return self.inner.usage()
+
     def shutdown(self) -> None:
         self.inner.shutdown()

@@ -13,6 +13,7 @@ from ..audit import NULL_AUDIT, AuditLog
 from ..backend.base import Backend
 from ..policy import Export, Policy
 from ..policy.peer import Peer
+from ..policy.quota import QuotaLedger
 from ..protocol.connection import ServerConnection
 from ..protocol.constants import DEFAULT_MAX_MSIZE, Dialect
 from ..security.auth import Key, Keyring
@@ -48,6 +49,18 @@ def host_backend(export: Export) -> Backend:
 
         backend = MappedBackend(backend, export.idmap.xattr_layout)
     return backend
+
+
+def _ledgers(
+    policy: Policy, backends: dict[str, Backend], kept: dict[str, QuotaLedger]
+) -> dict[str, QuotaLedger]:
+    """A quota ledger for each export with a quota, starting from what its
+    backend holds now (kept ones carry on)."""
+    out = {}
+    for name, exp in policy.exports.items():
+        if exp.quota_bytes or exp.quota_files:
+            out[name] = kept.get(name) or QuotaLedger(exp, *backends[name].usage())
+    return out
 
 
 def _keyring_of(policy: Policy) -> Keyring:
@@ -95,6 +108,7 @@ class Server:
         self.backends: dict[str, Backend] = {
             name: backend_factory(exp) for name, exp in policy.exports.items()
         }
+        self.quotas = _ledgers(policy, self.backends, {})
         self.pool = (
             ThreadPoolExecutor(workers, "p9share-io")
             if workers > 0 and dispatch != "inline"
@@ -190,7 +204,7 @@ class Server:
         max_msize = self.limits_for(self.client_name(peer)).max_msize
         proto = ServerConnection(min(self.msize, max_msize), self.dialects)
         return Session(proto, self.policy, self.backends, str(peer), peer_info=peer,
-                       audit=self.audit, keyring=self.keyring,
+                       audit=self.audit, keyring=self.keyring, quotas=self.quotas,
                        auth_required=self.auth_required)  # fmt: skip
 
     # ------------------------------------------------------------ running --
@@ -326,13 +340,15 @@ class Server:
         for name, exp in policy.exports.items():
             if name not in backends:
                 backends[name] = self.backend_factory(exp)
+        quotas = _ledgers(policy, backends, {n: q for n, q in self.quotas.items()
+                                             if n not in changed})  # fmt: skip
         closed: list[str] = []
         with self._lock:
             conns = list(self._connections)
         for conn in conns:
             sess = conn.session
             if self._keeps(sess, old, policy, changed):
-                sess.policy, sess.backends = policy, backends
+                sess.policy, sess.backends, sess.quotas = policy, backends, quotas
                 if policy.keys:
                     sess.keyring = _keyring_of(policy)
                 sess.client = policy.identify(sess.peer_info, sess.auth_key)
@@ -342,7 +358,7 @@ class Server:
         # backends of changed exports stay open for fids still in use by the
         # closing connections; they are few and released at stop()
         self._retired.extend(b for n, b in self.backends.items() if n in changed)
-        self.policy, self.backends = policy, backends
+        self.policy, self.backends, self.quotas = policy, backends, quotas
         if policy.keys:
             self.keyring = _keyring_of(policy)
         return closed

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..audit import NULL_AUDIT, AuditLog
-from ..backend.base import NOW, Backend, LockRequest, SetAttr, TimeSpec
+from ..backend.base import NOW, Attr, Backend, LockRequest, SetAttr, TimeSpec
 from ..policy import Client, Policy, PolicyError
 from ..policy.idmap import Owner
 from ..policy.peer import Peer
+from ..policy.quota import QuotaLedger
 from ..protocol import constants as c
 from ..protocol import messages as m
 from ..protocol.connection import ServerConnection
@@ -47,6 +48,7 @@ class Session:
         peer: str = "",
         peer_info: Peer | None = None,
         audit: AuditLog = NULL_AUDIT,
+        quotas: dict[str, QuotaLedger] | None = None,
         keyring: Keyring | None = None,
         auth_required: bool = False,
     ) -> None:
@@ -64,6 +66,7 @@ class Session:
         self.backends = backends
         self.peer = peer
         self.audit = audit
+        self.quotas = quotas if quotas is not None else {}  # export name -> ledger
         # who the connection is, from what the host can trust (set by the server)
         self.client: Client | None = policy.identify(self.peer_info)
         self.exports_attached: set[str] = set()
@@ -175,6 +178,47 @@ class Session:
     @staticmethod
     def _owner(f: Fid, gid: int) -> Owner:
         return f.export.idmap.owner(f.uid, gid)
+
+    # quotas: a new file is charged before it is made and refunded if making
+    # it fails; a removal is refunded after it succeeds, by what it freed
+    def _new_file(self, d: Fid, make: Callable[[], _T]) -> _T:
+        q = self.quotas.get(d.export.name)
+        if q is None:
+            return make()
+        q.charge(nfiles=1)
+        try:
+            return make()
+        except BaseException:
+            q.refund(nfiles=1)
+            raise
+
+    def _freed(self, d: Fid, name: str) -> tuple[int, int]:
+        """(bytes, files) that removing d/name frees: nothing while another
+        hard link keeps the inode."""
+        if d.export.name not in self.quotas:
+            return (0, 0)
+        try:
+            node = d.backend.walk(d.node, name)
+        except OSError:
+            return (0, 0)
+        try:
+            return _freed_by(d.backend.getattr(node))
+        finally:
+            d.backend.release(node)
+
+    def _refund(self, f: Fid, freed: tuple[int, int]) -> None:
+        q = self.quotas.get(f.export.name)
+        if q is not None:
+            q.refund(*freed)
+
+    def _grow(self, f: Fid, end: int) -> None:
+        """Charge the bytes a write or truncate to `end` adds to the file."""
+        q = self.quotas.get(f.export.name)
+        if q is None or not f.export.quota_bytes:
+            return
+        size = f.backend.getattr(f.node).size
+        if end > size:
+            q.charge(nbytes=end - size)
 
     # ------------------------------------------------------ session and fids --
     def auth(self, msg: m.Tauth) -> m.Message:
@@ -349,7 +393,9 @@ class Session:
         self.fids.clunk(f)  # the fid goes whether or not the remove works
         try:
             self._need_node(f)
+            freed = _freed_by(f.backend.getattr(f.node)) if f.export.name in self.quotas else (0, 0)
             f.backend.remove(f.node)
+            self._refund(f, freed)
         finally:
             self._done(f)
         return m.Rremove()
@@ -396,6 +442,7 @@ class Session:
             self.policy.check_size(f.export, msg.offset + len(msg.data))
             if not f.setid_checked:
                 self._drop_setid(f)
+            self._grow(f, msg.offset + len(msg.data))
             n = f.backend.write(f.file, msg.offset, msg.data)
             return m.Rwrite(n)
         finally:
@@ -456,7 +503,8 @@ class Session:
             self.policy.check_write(f.rights)
             flags = dotl_create_flags(msg.flags)
             mode = self.policy.new_mode(f.rights, msg.mode & 0o7777)
-            node, file = f.backend.create(f.node, msg.name, flags, mode, self._owner(f, msg.gid))
+            node, file = self._new_file(f, lambda: f.backend.create(
+                f.node, msg.name, flags, mode, self._owner(f, msg.gid)))  # fmt: skip
             # the fid now stands for the new, open file
             old = f.node
             f.node, f.file, f.open_flags, f.is_dir = node, file, flags, False
@@ -485,7 +533,8 @@ class Session:
                 raise OSError(errno.ENOENT, "empty symlink target")
             if "\0" in msg.symtgt:
                 raise OSError(errno.EINVAL, "NUL in symlink target")
-            q = d.backend.symlink(d.node, msg.name, msg.symtgt, self._owner(d, msg.gid))
+            q = self._new_file(d, lambda: d.backend.symlink(
+                d.node, msg.name, msg.symtgt, self._owner(d, msg.gid)))  # fmt: skip
             return m.Rsymlink(q)
         finally:
             self._done(d)
@@ -497,7 +546,8 @@ class Session:
             self.policy.check_mknod(d.rights, kind)
             rdev = os.makedev(msg.major, msg.minor)
             mode = kind | self.policy.new_mode(d.rights, msg.mode & 0o7777)
-            q = d.backend.mknod(d.node, msg.name, mode, rdev, self._owner(d, msg.gid))
+            q = self._new_file(d, lambda: d.backend.mknod(
+                d.node, msg.name, mode, rdev, self._owner(d, msg.gid)))  # fmt: skip
             return m.Rmknod(q)
         finally:
             self._done(d)
@@ -506,7 +556,8 @@ class Session:
         d = self._dir_change(msg.dfid, msg.name)
         try:
             mode = self.policy.new_mode(d.rights, msg.mode & 0o5777) | (msg.mode & 0o2000)
-            q = d.backend.mkdir(d.node, msg.name, mode, self._owner(d, msg.gid))
+            q = self._new_file(d, lambda: d.backend.mkdir(
+                d.node, msg.name, mode, self._owner(d, msg.gid)))  # fmt: skip
             return m.Rmkdir(q)
         finally:
             self._done(d)
@@ -537,7 +588,9 @@ class Session:
                 self._need_node(f)
                 if f.export is not d.export:
                     raise PolicyError(errno.EXDEV, "rename across exports", "cross-export")
+                freed = self._freed(d, msg.name)
                 f.backend.rename_node(f.node, d.node, msg.name)
+                self._refund(d, freed)
             finally:
                 self._done(f)
             return m.Rrename()
@@ -551,7 +604,9 @@ class Session:
             try:
                 if old.export is not new.export:
                     raise PolicyError(errno.EXDEV, "rename across exports", "cross-export")
+                freed = self._freed(new, msg.newname)
                 old.backend.rename(old.node, msg.oldname, new.node, msg.newname)
+                self._refund(new, freed)
             finally:
                 self._done(new)
             return m.Rrenameat()
@@ -563,7 +618,9 @@ class Session:
         try:
             if msg.flags & ~c.AT_REMOVEDIR:
                 raise OSError(errno.EINVAL, f"unknown unlinkat flags {msg.flags:#x}")
+            freed = self._freed(d, msg.name)
             d.backend.unlink(d.node, msg.name, bool(msg.flags & c.AT_REMOVEDIR))
+            self._refund(d, freed)
             return m.Runlinkat()
         finally:
             self._done(d)
@@ -604,8 +661,12 @@ class Session:
                 msg.uid if v & c.SetattrValid.UID else None,
                 msg.gid if v & c.SetattrValid.GID else None,
             )
+            shrink = 0
             if v & c.SetattrValid.SIZE:
                 self.policy.check_size(f.export, msg.size)
+                if f.export.name in self.quotas:
+                    shrink = max(0, f.backend.getattr(f.node).size - msg.size)
+                    self._grow(f, msg.size)
             mode = None
             if v & c.SetattrValid.MODE:
                 mode = self.policy.new_mode(f.rights, msg.mode & 0o7777)
@@ -624,6 +685,7 @@ class Session:
             )  # fmt: skip
             if v:
                 f.backend.setattr(f.node, ch, f.file)
+                self._refund(f, (shrink, 0))
             return m.Rsetattr()
         finally:
             self._done(f)
@@ -765,6 +827,15 @@ def _time(valid: int, bit: int, setbit: int, sec: int, nsec: int) -> TimeSpec:
     if sec >= 1 << 63:  # two's complement: a time before 1970
         sec -= 1 << 64
     return sec * 1_000_000_000 + nsec
+
+
+def _freed_by(a: Attr) -> tuple[int, int]:
+    """What removing one name of a file with attributes a frees."""
+    if stat_mod.S_ISDIR(a.mode):
+        return (0, 1)
+    if a.nlink > 1:
+        return (0, 0)
+    return (a.size if stat_mod.S_ISREG(a.mode) else 0, 1)
 
 
 def _walked(path: str, names: list[str]) -> str:
