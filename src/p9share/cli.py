@@ -145,12 +145,15 @@ def self_sandbox(cfg: Config, args: argparse.Namespace, audit: AuditLog) -> None
 
     mode = args.landlock or cfg.sandbox.landlock
     user = args.user or cfg.sandbox.user
-    if mode == "off":
-        print("p9share: warning: self-sandbox off (--landlock off): a server bug could "
-              "reach any file this account can", file=sys.stderr)  # fmt: skip
-        audit.emit("sandbox", summary="off")
-        return
     exports = cfg.policy.exports.values()
+    # passthrough and range exports give files the guests' ids: that needs
+    # root's chown, so root stays, with only a file server's capabilities
+    id_exports = [e.name for e in exports if e.idmap.mode in ("passthrough", "range")]
+    if user is not None and id_exports and os.geteuid() == 0:
+        print(f"p9share: sandbox note: staying root (a file server's capabilities only), "
+              f"not {user}: exports {', '.join(id_exports)} map guest ids onto host ids",
+              file=sys.stderr)  # fmt: skip
+        user = None
     sc = SandboxConfig(
         rw_paths=[e.path for e in exports if not e.readonly],
         # read-only exports, and what SIGHUP reads again
@@ -161,6 +164,7 @@ def self_sandbox(cfg: Config, args: argparse.Namespace, audit: AuditLog) -> None
         group=cfg.sandbox.group,
         keep_root_caps=user is None and os.geteuid() == 0,
         required=mode == "required",
+        landlock=mode != "off",
     )
     try:
         report = apply_sandbox(sc)
@@ -168,8 +172,8 @@ def self_sandbox(cfg: Config, args: argparse.Namespace, audit: AuditLog) -> None
         raise UsageError(f"self-sandbox: {e}") from None
     print(f"p9share: sandbox: {report.summary()}", file=sys.stderr)
     if not report.landlock:
-        print("p9share: warning: Landlock is not available: the server is not confined "
-              "to its exports", file=sys.stderr)  # fmt: skip
+        print(f"p9share: warning: no Landlock ({report.landlock_reason}): a server bug "
+              "could reach any file this account can", file=sys.stderr)  # fmt: skip
     for note in report.notes:
         print(f"p9share: sandbox note: {note}", file=sys.stderr)
     audit.emit("sandbox", summary=report.summary(), landlock=report.landlock,

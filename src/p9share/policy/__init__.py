@@ -123,9 +123,6 @@ class Client:
     grants: Mapping[str, Rights]  # export name -> rights
     limits: Mapping[str, Any] = field(default_factory=dict)  # server.limits.Limits fields
 
-    def needs_key(self) -> bool:
-        return all(m.key is not None for m in self.matches)
-
 
 ANYONE = Client("anyone", (Match(),), {})
 

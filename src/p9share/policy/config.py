@@ -88,7 +88,8 @@ class _Reader:
             return default
         value = self.table[key]
         # bool is an int in Python: never accept one for the other
-        bad_bool = isinstance(value, bool) and kind is int
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        bad_bool = isinstance(value, bool) and bool not in kinds
         if bad_bool or not isinstance(value, kind):
             names = (
                 kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)

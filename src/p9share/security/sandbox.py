@@ -418,6 +418,7 @@ class SandboxConfig:
     required: bool = False
     root_caps: frozenset[int] = ROOT_FILE_SERVER_CAPS
     python_paths: Sequence[str] | None = None
+    landlock: bool = True  # False: the rest of the sandbox without Landlock
 
 
 @dataclass
@@ -543,6 +544,8 @@ def apply_sandbox(cfg: SandboxConfig) -> SandboxReport:
     then stop rather than serve unconfined."""
     if cfg.keep_root_caps and cfg.user is not None:
         raise SandboxError("keep_root_caps stays uid 0: it cannot be combined with a user")
+    if cfg.required and not cfg.landlock:
+        raise SandboxError("Landlock cannot be both required and turned off")
     n = _thread_count()
     if n != 1:
         raise SandboxError(
@@ -569,11 +572,13 @@ def apply_sandbox(cfg: SandboxConfig) -> SandboxReport:
     _preload_libraries(rep)
 
     # 2. Landlock ruleset, built while the paths are reachable.
-    abi = landlock_abi()
+    abi = landlock_abi() if cfg.landlock else 0
     rep.landlock_abi = abi
     ruleset: _Ruleset | None = None
     if abi <= 0:
-        rep.landlock_reason = _landlock_unavailable_reason()
+        rep.landlock_reason = (
+            _landlock_unavailable_reason() if cfg.landlock else "turned off by configuration"
+        )
         if cfg.required:
             raise SandboxError(
                 f"landlock unavailable: {rep.landlock_reason}; "

@@ -86,6 +86,7 @@ class Server:
         "inline" (no pool) or "pool" (every request pooled); the last two exist
         to measure the choice. limits: the defaults of every client (a
         policy's client can override them). keyring, auth_required: see Session."""
+        self._own_keyring = keyring  # given by the caller, not by the policy
         if keyring is None and policy.keys:
             keyring = _keyring_of(policy)
         if auth_required and keyring is None:
@@ -340,6 +341,8 @@ class Server:
         for name, exp in policy.exports.items():
             if name not in backends:
                 backends[name] = self.backend_factory(exp)
+        # the keys are the policy's: a key removed from it stops working
+        keyring = _keyring_of(policy) if policy.keys else self._own_keyring
         quotas = _ledgers(policy, backends, {n: q for n, q in self.quotas.items()
                                              if n not in changed})  # fmt: skip
         closed: list[str] = []
@@ -349,8 +352,7 @@ class Server:
             sess = conn.session
             if self._keeps(sess, old, policy, changed):
                 sess.policy, sess.backends, sess.quotas = policy, backends, quotas
-                if policy.keys:
-                    sess.keyring = _keyring_of(policy)
+                sess.keyring = keyring
                 sess.client = policy.identify(sess.peer_info, sess.auth_key)
             else:
                 closed.append(str(sess.peer_info))
@@ -359,8 +361,7 @@ class Server:
         # closing connections; they are few and released at stop()
         self._retired.extend(b for n, b in self.backends.items() if n in changed)
         self.policy, self.backends, self.quotas = policy, backends, quotas
-        if policy.keys:
-            self.keyring = _keyring_of(policy)
+        self.keyring = keyring
         return closed
 
     @staticmethod
