@@ -16,10 +16,32 @@ from __future__ import annotations
 
 import abc
 import errno
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 from ..protocol.wire import Qid
+
+
+def fail(err: int, detail: str | None = None) -> NoReturn:
+    """Raise OSError(err) with the standard message and, briefly, why."""
+    msg = os.strerror(err)
+    raise OSError(err, f"{msg} ({detail})" if detail else msg)
+
+
+def refuse_special_open(ftype: int) -> None:
+    """What Tlopen of a symlink, device, FIFO or socket answers. A Linux guest
+    never sends it for those (v9fs gives special inodes init_special_inode, so
+    the guest's own drivers and pipe code open them), and a server that
+    opened them could block on a FIFO or reach a host device."""
+    if ftype == stat.S_IFLNK:
+        fail(errno.ELOOP, "symlinks are not opened")
+    if ftype in (stat.S_IFCHR, stat.S_IFBLK):
+        fail(errno.EPERM, "device nodes are opened by the guest's own drivers")
+    if ftype in (stat.S_IFIFO, stat.S_IFSOCK):
+        fail(errno.ENXIO, "FIFOs and sockets are opened by the guest itself")
 
 
 class Node(abc.ABC):

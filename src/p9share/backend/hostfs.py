@@ -80,7 +80,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any, NoReturn
+from typing import Any
 
 from ..protocol.constants import (
     DT_DIR,
@@ -109,6 +109,10 @@ from .base import (
     SetAttr,
     StatFs,
     TimeSpec,
+    refuse_special_open,
+)
+from .base import (
+    fail as _fail,
 )
 
 __all__ = ["HostBackend", "HostNode", "HostOpenFile"]
@@ -188,11 +192,6 @@ _c_fchownat = _cfunc(
 _c_utimensat = _cfunc(
     "utimensat", ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
 )
-
-
-def _fail(err: int, detail: str | None = None) -> NoReturn:
-    msg = os.strerror(err)
-    raise OSError(err, f"{msg} ({detail})" if detail else msg)
 
 
 def _check_libc(ret: int) -> int:
@@ -890,12 +889,7 @@ class HostBackend(Backend):
         h = self._handle(node)
         with self._pinned(node) as ino:
             t = ino.ftype
-            if t == stat.S_IFLNK:
-                _fail(errno.ELOOP, "symlinks are not opened")
-            if t in (stat.S_IFCHR, stat.S_IFBLK):
-                _fail(errno.EPERM, "devices are not opened")
-            if t in (stat.S_IFIFO, stat.S_IFSOCK):
-                _fail(errno.ENXIO, "FIFOs and sockets are not opened")
+            refuse_special_open(t)
             if t not in (stat.S_IFREG, stat.S_IFDIR):
                 _fail(errno.EPERM)
             acc = flags & os.O_ACCMODE

@@ -42,7 +42,6 @@ import stat
 import struct
 import threading
 from collections.abc import Iterator
-from typing import NoReturn
 
 from ..protocol.constants import (
     DT_BLK,
@@ -65,6 +64,10 @@ from .base import (
     Owner,
     SetAttr,
     StatFs,
+    refuse_special_open,
+)
+from .base import (
+    fail as _fail,
 )
 
 __all__ = ["LAYOUTS", "RESERVED_XATTR_PREFIXES", "MappedBackend", "MappedNode", "MappedOpenFile"]
@@ -92,11 +95,6 @@ _DTYPES = {
     stat.S_IFIFO: DT_FIFO,
     stat.S_IFSOCK: DT_SOCK,
 }
-
-
-def _fail(err: int, detail: str | None = None) -> NoReturn:
-    msg = os.strerror(err)
-    raise OSError(err, f"{msg} ({detail})" if detail else msg)
 
 
 def _guest_type(host_type: int, stored_mode: int | None) -> int:
@@ -350,16 +348,8 @@ class MappedBackend(Backend):
     def open(self, node: Node, flags: int) -> OpenFile:
         n = self._node(node)
         t = n.ftype
-        # A Linux guest never sends Tlopen for these: v9fs_init_inode gives
-        # device, FIFO and socket inodes init_special_inode, so the guest's
-        # own drivers and pipe code open them. A client that asks anyway gets
-        # what hostfs answers for real ones, never the placeholder's content.
-        if t == stat.S_IFLNK:
-            _fail(errno.ELOOP, "symlinks are not opened")
-        if t in (stat.S_IFCHR, stat.S_IFBLK):
-            _fail(errno.EPERM, "device nodes are opened by the guest's own drivers")
-        if t in (stat.S_IFIFO, stat.S_IFSOCK):
-            _fail(errno.ENXIO, "FIFOs and sockets are opened by the guest itself")
+        # the stored type answers as a real one would: never the placeholder's content
+        refuse_special_open(t)
         f = self.inner.open(n.inner, flags)
         if t != stat.S_IFDIR:
             return MappedOpenFile(self, f, None)
