@@ -17,6 +17,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from .conformance import cli as conformance_cli
 from .policy import Export, Policy
 from .policy.config import Config, ConfigError, Listener, load_config
 from .protocol.constants import DEFAULT_MAX_MSIZE, MIN_MSIZE, Dialect
@@ -252,6 +253,7 @@ def make_parser() -> argparse.ArgumentParser:
     kg.add_argument("--id", metavar="NAME", help="key id (default: this host's name)")
     kg.add_argument("-o", "--output", metavar="FILE", help="write the key file (mode 0600)")
     kg.set_defaults(func=cmd_keygen)
+    conformance_cli.add_command(sub)
     return p
 
 
