@@ -191,6 +191,10 @@ class Conn:
         else:
             raise NotApplicable("9P2000 cannot create symbolic links")
 
+    def unlink(self, dirfid: int, name: str) -> None:
+        """Remove dirfid/name with Twalk + Tremove (every dialect has them)."""
+        self.ok(m.Tremove(self.walk(dirfid, name)), m.Rremove)
+
     def exists(self, dirfid: int, name: str) -> bool:
         new = self.fid()
         r = self.call(m.Twalk(dirfid, new, [name]))

@@ -155,12 +155,7 @@ def _remove_tree(conn: Conn, dirfid: int, name: str) -> None:
     if r.qids[0].type & c.QidType.DIR:
         for child in _list(conn, fid):
             _remove_tree(conn, fid, child)
-    if conn.dotl:
-        conn.call(m.Tclunk(fid))
-        flags = c.AT_REMOVEDIR if r.qids[0].type & c.QidType.DIR else 0
-        conn.call(m.Tunlinkat(dirfid, name, flags))
-    else:
-        conn.call(m.Tremove(fid))
+    conn.call(m.Tremove(fid))
 
 
 def _list(conn: Conn, dirfid: int) -> list[str]:

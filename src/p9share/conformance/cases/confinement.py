@@ -132,7 +132,7 @@ def _(ctx: Context) -> str:
     f = conn.walk(d, "a")
     b = conn.walk(d, "a")
     if ctx.dotl:
-        conn.ok(m.Trenameat(d, "a", d, "b"), m.Rrenameat)
+        conn.ok(m.Trename(b, d, "b"), m.Rrename)
     else:
         st = m.Stat(type=0xFFFF, dev=0xFFFFFFFF, qid=m.Qid(0xFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF),
                     mode=0xFFFFFFFF, atime=0xFFFFFFFF, mtime=0xFFFFFFFF,
@@ -224,7 +224,7 @@ def _(ctx: Context) -> str:
 @case("confine.race-name-swapped", "§8.6", "Trename through a fid whose name now names another file is ENOENT")
 def _(ctx: Context) -> str:
     conn, d, f = file_in_casedir(ctx)
-    conn.ok(m.Tunlinkat(d, "f", 0), m.Runlinkat)
+    conn.unlink(d, "f")
     conn.create(d, "f", b"other")
     out = conn.err(m.Trename(f, d, "g"), errno.ENOENT)
     expect(conn.exists(d, "f") and not conn.exists(d, "g"), "the swapped-in file was renamed")

@@ -413,7 +413,7 @@ def _(ctx: Context) -> str:
 @case("remove.name-replaced", "§5.12", "Tremove after the name was unlinked and reused is ENOENT")
 def _(ctx: Context) -> str:
     conn, d, f = file_in_casedir(ctx)
-    conn.ok(m.Tunlinkat(d, "f", 0), m.Runlinkat)
+    conn.unlink(d, "f")
     conn.create(d, "f", b"new")
     out = conn.err(m.Tremove(f), errno.ENOENT)
     expect(conn.exists(d, "f"), "the new file was removed")
@@ -627,7 +627,7 @@ def _(ctx: Context) -> str:
 @case("unlinked.io", "§5.32", "read, write, setattr, fsync, statfs keep working on an unlinked file")
 def _(ctx: Context) -> str:
     conn, d, f = opened(ctx, b"abc", "rw")
-    conn.ok(m.Tunlinkat(d, "f", 0), m.Runlinkat)
+    conn.unlink(d, "f")
     conn.ok(m.Twrite(f, 3, b"def"), m.Rwrite)
     r = conn.ok(m.Tread(f, 0, 10), m.Rread)
     assert isinstance(r, m.Rread)
@@ -645,21 +645,21 @@ def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
     s = subdir(conn, d, "s")
-    conn.ok(m.Tunlinkat(d, "s", c.AT_REMOVEDIR), m.Runlinkat)
+    conn.unlink(d, "s")
     return conn.err(m.Twalk(s, conn.fid(), ["s"]), errno.ENOENT)
 
 
 @case("unlinked.remove", "§5.32", "Tremove of an unlinked file is ENOENT")
 def _(ctx: Context) -> str:
     conn, d, f = file_in_casedir(ctx)
-    conn.ok(m.Tunlinkat(d, "f", 0), m.Runlinkat)
+    conn.unlink(d, "f")
     return conn.err(m.Tremove(f), errno.ENOENT)
 
 
 @case("unlinked.link", "§5.32", "Tlink of an unlinked file is ENOENT")
 def _(ctx: Context) -> str:
     conn, d, f = file_in_casedir(ctx)
-    conn.ok(m.Tunlinkat(d, "f", 0), m.Runlinkat)
+    conn.unlink(d, "f")
     return conn.err(m.Tlink(d, f, "again"), errno.ENOENT)
 
 

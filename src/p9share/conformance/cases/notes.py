@@ -148,6 +148,7 @@ def _(ctx: Context) -> str:
     conn = ctx.raw(Dialect.P9P2000)
     conn.send_raw(m.Tversion(8192, "9P2000.x").encode(NOTAG, Dialect.P9P2000))
     _, r = conn.recv()
+    expect(isinstance(r, m.Rversion), f"got {describe(r)}")
     assert isinstance(r, m.Rversion)
     expect(r.version in ("9P2000", "unknown"), f"version {r.version!r}")
     return f"Rversion {r.version!r}"
