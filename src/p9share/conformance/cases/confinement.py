@@ -244,3 +244,29 @@ def _(ctx: Context) -> str:
     e = [x for x in readdir_all(conn, dd) if x.name == "f"][0]
     expect(w.qids[0].path == g == e.qid.path, f"{w.qids[0].path:#x} {g:#x} {e.qid.path:#x}")
     return f"path {g:#x}"
+
+
+@case("exports.one-root", "§7.1", "an export is one directory: every attach reaches the same root", dialects=ALL)
+def _(ctx: Context) -> str:
+    a = ctx.conn(attach=False)
+    b = ctx.conn(attach=False)
+    ra = a.ok(m.Tattach(ROOT_FID, NOFID, "root", ctx.aname, 0), m.Rattach)
+    rb = b.ok(m.Tattach(ROOT_FID, NOFID, "nobody", ctx.aname, 65534), m.Rattach)
+    assert isinstance(ra, m.Rattach) and isinstance(rb, m.Rattach)
+    expect(ra.qid.path == rb.qid.path, f"{ra.qid} vs {rb.qid}")
+    expect(b.exists(ROOT_FID, ctx.scratch), "the scratch directory is not visible from b")
+    return f"root qid.path {ra.qid.path:#x} on both"
+
+
+@case("resources.many-fids", "§8.8", "no per-client fid limit by default: 2000 fids on one connection", dialects=ALL)
+def _(ctx: Context) -> str:
+    conn = ctx.conn()
+    d = conn.casedir()
+    batch = b"".join(m.Twalk(d, 10000 + i, []).encode(1 + i % 1000, ctx.dialect) for i in range(2000))
+    conn.send_raw(batch)
+    bad = 0
+    for _ in range(2000):
+        _, r = conn.recv()
+        bad += not isinstance(r, m.Rwalk)
+    expect(bad == 0, f"{bad} of 2000 walks refused")
+    return "2000 fids"
