@@ -11,22 +11,40 @@ SPEC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 # Sections without a rule of their own, and why.
 NO_RULE = {
-    "§1": "chapter heading", "§2": "chapter heading", "§3": "chapter heading",
-    "§4": "chapter heading", "§5": "chapter heading", "§6": "chapter heading",
-    "§7": "chapter heading", "§8": "chapter heading (its rules are in §8.1-§8.8)",
-    "§9": "chapter heading", "§10": "chapter heading", "§11": "chapter heading",
-    "§1.1": "scope", "§1.2": "requirement keywords", "§1.4": "notation", "§1.5": "terms",
-    "§5.2": "refers to §3.1-§3.3", "§5.5": "refers to §3.6", "§5.6": "refers to §4.4",
+    "§1": "chapter heading",
+    "§2": "chapter heading",
+    "§3": "chapter heading",
+    "§4": "chapter heading",
+    "§5": "chapter heading",
+    "§6": "chapter heading",
+    "§7": "chapter heading",
+    "§8": "chapter heading (its rules are in §8.1-§8.8)",
+    "§9": "chapter heading",
+    "§10": "chapter heading",
+    "§11": "chapter heading",
+    "§1.1": "scope",
+    "§1.2": "requirement keywords",
+    "§1.4": "notation",
+    "§1.5": "terms",
+    "§5.2": "refers to §3.1-§3.3",
+    "§5.5": "refers to §3.6",
+    "§5.6": "refers to §4.4",
     "§9.1": "states what the document is",
 }
 # Sections whose rules concern the command line, listeners or keys: not
 # reachable by a 9P client, checked by other tests (named).
 NOT_OVER_THE_WIRE = {
-    "§10.1": "tests/test_cli.py", "§10.2": "tests/test_cli.py", "§10.3": "tests/test_cli.py",
-    "§10.4": "tests/test_cli.py", "§10.5": "tests/vm",
-    "§11.2": "tests/security/test_auth.py", "§11.3": "tests/security/test_auth.py",
-    "§11.4": "tests/security/test_auth.py", "§11.5": "tests/security/test_auth.py",
-    "§11.6": "tests/security/test_auth.py", "§11.7": "tests/security/test_auth.py",
+    "§10.1": "tests/test_cli.py",
+    "§10.2": "tests/test_cli.py",
+    "§10.3": "tests/test_cli.py",
+    "§10.4": "tests/test_cli.py",
+    "§10.5": "tests/vm",
+    "§11.2": "tests/security/test_auth.py",
+    "§11.3": "tests/security/test_auth.py",
+    "§11.4": "tests/security/test_auth.py",
+    "§11.5": "tests/security/test_auth.py",
+    "§11.6": "tests/security/test_auth.py",
+    "§11.7": "tests/security/test_auth.py",
     "§11.8": "tests/security/test_auth.py",
 }
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 from collections.abc import Iterable
 
 from ..client.raw import RawClient
@@ -72,7 +71,9 @@ class Conn:
         sent = self.rc.send(msg, tag)
         rtag, r = self.rc.recv()
         if rtag != sent:
-            raise Failure(f"{type(msg).__name__}: reply {describe(r)} under tag {rtag}, sent {sent}")
+            raise Failure(
+                f"{type(msg).__name__}: reply {describe(r)} under tag {rtag}, sent {sent}"
+            )
         self.ctx.note(f"{type(msg).__name__} -> {describe(r)}")
         return r
 
@@ -112,7 +113,7 @@ class Conn:
         self.rc.sock.settimeout(wait)
         try:
             data = self.rc.sock.recv(1)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
         except OSError:
             return True

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import socket
 import traceback
 from dataclasses import asdict, dataclass
 
@@ -96,7 +95,7 @@ def run_case(
         return result(NA, str(e))
     except Failure as e:
         return result(FAIL, str(e))
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         last = f" after {ctx.notes[-1]}" if ctx.notes else ""
         return result(FAIL, f"no reply within {timeout:g}s{last}")
     except (ConnectionError, OSError) as e:

@@ -39,15 +39,25 @@ def _file(ctx: Context, data: bytes = b"", name: str = "f") -> tuple[Conn, int, 
     return conn, d, conn.walk(d, name)
 
 
-@case("classic.served", "§6.1", "Topen, Tcreate, Tstat and Twstat are served (not EOPNOTSUPP)", dialects=CLASSIC)
+@case(
+    "classic.served",
+    "§6.1",
+    "Topen, Tcreate, Tstat and Twstat are served (not EOPNOTSUPP)",
+    dialects=CLASSIC,
+)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx, b"x")
+    conn, _d, f = _file(ctx, b"x")
     stat_of(conn, f)
     conn.ok(m.Twstat(f, blank_stat()), m.Rwstat)
     return describe(conn.ok(m.Topen(f, c.OREAD), m.Ropen))
 
 
-@case("classic.attach-layout", "§6.2", "Tattach in the dialect's layout (no n_uname in 9P2000) attaches", dialects=CLASSIC)
+@case(
+    "classic.attach-layout",
+    "§6.2",
+    "Tattach in the dialect's layout (no n_uname in 9P2000) attaches",
+    dialects=CLASSIC,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn(attach=False)
     return describe(conn.ok(m.Tattach(ROOT_FID, c.NOFID, "0", ctx.aname, 0), m.Rattach))
@@ -64,7 +74,12 @@ def _(ctx: Context) -> str:
     return describe(r)
 
 
-@case("classic.rerror-no-errno", "§6.3", "9P2000's Rerror has no errno field (the frame ends after ename)", dialects=frozenset({Dialect.P9P2000}))
+@case(
+    "classic.rerror-no-errno",
+    "§6.3",
+    "9P2000's Rerror has no errno field (the frame ends after ename)",
+    dialects=frozenset({Dialect.P9P2000}),
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     conn.send_raw(m.Tclunk(4242).encode(3, ctx.dialect))
@@ -74,9 +89,14 @@ def _(ctx: Context) -> str:
     return f"Rerror {raw[9:].decode()!r}"
 
 
-@case("open.read", "§6.4", "Topen OREAD: Ropen with qid and iounit msize-24; data readable", dialects=CLASSIC)
+@case(
+    "open.read",
+    "§6.4",
+    "Topen OREAD: Ropen with qid and iounit msize-24; data readable",
+    dialects=CLASSIC,
+)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx, b"hello")
+    conn, _d, f = _file(ctx, b"hello")
     r = conn.ok(m.Topen(f, c.OREAD), m.Ropen)
     assert isinstance(r, m.Ropen)
     expect(r.iounit == conn.rc.msize - 24, f"iounit {r.iounit}")
@@ -86,7 +106,7 @@ def _(ctx: Context) -> str:
 
 @case("open.oexec", "§6.4", "OEXEC opens read-only", dialects=CLASSIC)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx, b"x")
+    conn, _d, f = _file(ctx, b"x")
     conn.ok(m.Topen(f, c.OEXEC), m.Ropen)
     conn.ok(m.Tread(f, 0, 1), m.Rread)
     return conn.err(m.Twrite(f, 0, b"y"), errno.EBADF)
@@ -94,7 +114,7 @@ def _(ctx: Context) -> str:
 
 @case("open.otrunc", "§6.4", "OTRUNC truncates", dialects=CLASSIC)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx, b"0123")
+    conn, _d, f = _file(ctx, b"0123")
     conn.ok(m.Topen(f, c.OWRITE | c.OTRUNC), m.Ropen)
     st = stat_of(conn, f)
     expect(st.length == 0, f"length {st.length}")
@@ -103,7 +123,7 @@ def _(ctx: Context) -> str:
 
 @case("open.bad-mode", "§6.4", "an unknown mode bit (0x80) is EINVAL", dialects=CLASSIC)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx)
+    conn, _d, f = _file(ctx)
     return conn.err(m.Topen(f, 0x80), errno.EINVAL)
 
 
@@ -115,7 +135,7 @@ def _(ctx: Context) -> str:
 
 @case("open.twice", "§6.4", "Topen of an open fid is EBADF", dialects=CLASSIC)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx)
+    conn, _d, f = _file(ctx)
     conn.ok(m.Topen(f, c.OREAD), m.Ropen)
     return conn.err(m.Topen(f, c.OREAD), errno.EBADF)
 
@@ -129,7 +149,12 @@ def _(ctx: Context) -> str:
     return "removed at clunk"
 
 
-@case("create.file", "§6.5", "Tcreate makes fid the new file, open, with the permission bits", dialects=CLASSIC)
+@case(
+    "create.file",
+    "§6.5",
+    "Tcreate makes fid the new file, open, with the permission bits",
+    dialects=CLASSIC,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -142,7 +167,12 @@ def _(ctx: Context) -> str:
     return describe(r)
 
 
-@case("create.dir", "§6.5", "Tcreate with DMDIR makes a directory (qid 0x80, open for reading)", dialects=CLASSIC)
+@case(
+    "create.dir",
+    "§6.5",
+    "Tcreate with DMDIR makes a directory (qid 0x80, open for reading)",
+    dialects=CLASSIC,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -156,7 +186,7 @@ def _(ctx: Context) -> str:
 
 @case("create.exists", "§6.5", "Tcreate of an existing name fails (EEXIST)", dialects=CLASSIC)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx)
+    conn, d, _f = _file(ctx)
     return conn.err(m.Tcreate(conn.clone(d), "f", 0o644, c.ORDWR), errno.EEXIST)
 
 
@@ -168,14 +198,21 @@ def _(ctx: Context) -> str:
 
 @case("create.on-file", "§6.5", "Tcreate on a file fid is ENOTDIR", dialects=CLASSIC)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx)
+    conn, _d, f = _file(ctx)
     return conn.err(m.Tcreate(f, "x", 0o644, c.ORDWR), errno.ENOTDIR)
 
 
-@case("create.dir-write", "§6.5", "Tcreate of a directory opened for writing is EISDIR", dialects=CLASSIC)
+@case(
+    "create.dir-write",
+    "§6.5",
+    "Tcreate of a directory opened for writing is EISDIR",
+    dialects=CLASSIC,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
-    return conn.err(m.Tcreate(conn.clone(conn.casedir()), "s", c.DMDIR | 0o755, c.OWRITE), errno.EISDIR)
+    return conn.err(
+        m.Tcreate(conn.clone(conn.casedir()), "s", c.DMDIR | 0o755, c.OWRITE), errno.EISDIR
+    )
 
 
 @case("create.symlink", "§6.5", ".u: DMSYMLINK creates a symlink to the extension", dialects=DOTU)
@@ -206,7 +243,12 @@ def _(ctx: Context) -> str:
     return conn.err(msg, errno.EPERM)
 
 
-@case("create.hardlink", "§6.5", ".u: DMLINK with a fid number in extension makes a hard link", dialects=DOTU)
+@case(
+    "create.hardlink",
+    "§6.5",
+    ".u: DMLINK with a fid number in extension makes a hard link",
+    dialects=DOTU,
+)
 def _(ctx: Context) -> str:
     conn, d, f = _file(ctx, b"x")
     conn.ok(m.Tcreate(conn.clone(d), "g", c.DMLINK, c.OREAD, str(f)), m.Rcreate)
@@ -214,10 +256,17 @@ def _(ctx: Context) -> str:
     return "link g created"
 
 
-@case("create.plain-special", "§6.5", "9P2000: .u-only perm bits (DMSYMLINK) are EINVAL", dialects=frozenset({Dialect.P9P2000}))
+@case(
+    "create.plain-special",
+    "§6.5",
+    "9P2000: .u-only perm bits (DMSYMLINK) are EINVAL",
+    dialects=frozenset({Dialect.P9P2000}),
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
-    return conn.err(m.Tcreate(conn.clone(conn.casedir()), "l", c.DMSYMLINK | 0o777, c.OREAD), errno.EINVAL)
+    return conn.err(
+        m.Tcreate(conn.clone(conn.casedir()), "l", c.DMSYMLINK | 0o777, c.OREAD), errno.EINVAL
+    )
 
 
 @case("stat.file", "§6.6", "Tstat of a file: name, length, mode, qid", dialects=CLASSIC)
@@ -239,9 +288,11 @@ def _(ctx: Context) -> str:
     return f"mode {st.mode:#x}"
 
 
-@case("stat.dotu-ids", "§6.7", ".u stat carries numeric n_uid/n_gid matching uid/gid", dialects=DOTU)
+@case(
+    "stat.dotu-ids", "§6.7", ".u stat carries numeric n_uid/n_gid matching uid/gid", dialects=DOTU
+)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx)
+    conn, _d, f = _file(ctx)
     st = stat_of(conn, f)
     expect(st.uid == str(st.n_uid) and st.gid == str(st.n_gid), repr(st))
     return f"uid {st.uid} n_uid {st.n_uid}"
@@ -249,7 +300,7 @@ def _(ctx: Context) -> str:
 
 @case("stat.size-field", "§6.6", "Rstat's n equals the stat's size + 2", dialects=CLASSIC)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx)
+    conn, _d, f = _file(ctx)
     conn.send_raw(m.Tstat(f).encode(4, ctx.dialect))
     raw = conn.rc.recv_frame()
     n = int.from_bytes(raw[7:9], "little")
@@ -258,9 +309,14 @@ def _(ctx: Context) -> str:
     return f"n {n}, size {size}"
 
 
-@case("wstat.n-mismatch", "§6.6", "a Twstat whose n does not match the stat is EPROTO", dialects=CLASSIC)
+@case(
+    "wstat.n-mismatch",
+    "§6.6",
+    "a Twstat whose n does not match the stat is EPROTO",
+    dialects=CLASSIC,
+)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx)
+    conn, _d, f = _file(ctx)
     enc = blank_stat().encode(ctx.dialect)
     body = u32(f) + (len(enc) + 1).to_bytes(2, "little") + enc + b"\0"
     conn.send_raw(frame(126, 4, body))
@@ -268,9 +324,14 @@ def _(ctx: Context) -> str:
     return conn.check_err(m.Twstat(0, blank_stat()), r, [errno.EPROTO])
 
 
-@case("wstat.stat-size-mismatch", "§6.7", "a stat whose size field does not match its contents is EPROTO", dialects=CLASSIC)
+@case(
+    "wstat.stat-size-mismatch",
+    "§6.7",
+    "a stat whose size field does not match its contents is EPROTO",
+    dialects=CLASSIC,
+)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx)
+    conn, _d, f = _file(ctx)
     enc = bytearray(blank_stat().encode(ctx.dialect)) + b"\0\0"
     enc[0:2] = (len(enc) - 2).to_bytes(2, "little")
     body = u32(f) + len(enc).to_bytes(2, "little") + bytes(enc)
@@ -289,7 +350,7 @@ def _(ctx: Context) -> str:
 
 @case("wstat.length", "§6.7", "Twstat of length truncates", dialects=CLASSIC)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx, b"0123456")
+    conn, _d, f = _file(ctx, b"0123456")
     conn.ok(m.Twstat(f, blank_stat(length=2)), m.Rwstat)
     st = stat_of(conn, f)
     expect(st.length == 2, f"length {st.length}")
@@ -298,7 +359,7 @@ def _(ctx: Context) -> str:
 
 @case("wstat.mode", "§6.7", "Twstat of mode changes the permission bits", dialects=CLASSIC)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx)
+    conn, _d, f = _file(ctx)
     conn.ok(m.Twstat(f, blank_stat(mode=0o600)), m.Rwstat)
     st = stat_of(conn, f)
     expect(st.mode & 0o777 == 0o600, f"mode {st.mode:o}")
@@ -307,7 +368,7 @@ def _(ctx: Context) -> str:
 
 @case("wstat.mtime", "§6.7", "Twstat of mtime sets it", dialects=CLASSIC)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx)
+    conn, _d, f = _file(ctx)
     conn.ok(m.Twstat(f, blank_stat(mtime=1234567)), m.Rwstat)
     st = stat_of(conn, f)
     expect(st.mtime == 1234567, f"mtime {st.mtime}")
@@ -316,14 +377,19 @@ def _(ctx: Context) -> str:
 
 @case("wstat.nothing", "§6.7", "a Twstat that changes nothing succeeds (a sync)", dialects=CLASSIC)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx, b"x")
+    conn, _d, f = _file(ctx, b"x")
     conn.ok(m.Topen(f, c.ORDWR), m.Ropen)
     return describe(conn.ok(m.Twstat(f, blank_stat()), m.Rwstat))
 
 
-@case("wstat.all-or-nothing", "§6.7", "a Twstat with an invalid field changes nothing", dialects=CLASSIC)
+@case(
+    "wstat.all-or-nothing",
+    "§6.7",
+    "a Twstat with an invalid field changes nothing",
+    dialects=CLASSIC,
+)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx, b"0123")
+    conn, _d, f = _file(ctx, b"0123")
     out = conn.err(m.Twstat(f, blank_stat(length=1, dev=5)), errno.EINVAL)
     st = stat_of(conn, f)
     expect(st.length == 4, f"length {st.length}")
@@ -332,7 +398,7 @@ def _(ctx: Context) -> str:
 
 @case("wstat.dirbit", "§6.7", "Twstat cannot change DMDIR (EINVAL)", dialects=CLASSIC)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx)
+    conn, _d, f = _file(ctx)
     return conn.err(m.Twstat(f, blank_stat(mode=c.DMDIR | 0o755)), errno.EINVAL)
 
 
@@ -349,7 +415,12 @@ def _dir_read(conn: Conn, fid: int, count: int) -> list[m.Stat]:
     raise Failure("directory read never ended")
 
 
-@case("dirread.stats", "§6.8", "Tread on a directory returns whole stat entries (no . or ..)", dialects=CLASSIC)
+@case(
+    "dirread.stats",
+    "§6.8",
+    "Tread on a directory returns whole stat entries (no . or ..)",
+    dialects=CLASSIC,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -361,12 +432,17 @@ def _(ctx: Context) -> str:
     stats = _dir_read(conn, f, 8192)
     names = sorted(s.name for s in stats)
     expect(names == ["e0", "e1", "e2", "e3", "e4", "sub"], f"names {names}")
-    e3 = [s for s in stats if s.name == "e3"][0]
+    e3 = next(s for s in stats if s.name == "e3")
     expect(e3.length == 3, f"e3 length {e3.length}")
     return f"{len(stats)} entries"
 
 
-@case("dirread.paging", "§6.8", "small counts page through every entry once, never a partial stat", dialects=CLASSIC)
+@case(
+    "dirread.paging",
+    "§6.8",
+    "small counts page through every entry once, never a partial stat",
+    dialects=CLASSIC,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -380,7 +456,12 @@ def _(ctx: Context) -> str:
     return "25 entries at counts 150 and 333"
 
 
-@case("dirread.bad-offset", "§6.8", "a directory read at an offset other than 0 or the previous end is an error", dialects=CLASSIC)
+@case(
+    "dirread.bad-offset",
+    "§6.8",
+    "a directory read at an offset other than 0 or the previous end is an error",
+    dialects=CLASSIC,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -391,7 +472,12 @@ def _(ctx: Context) -> str:
     return conn.err(m.Tread(f, 7, 4096), errno.EINVAL)
 
 
-@case("dirread.count-too-small", "§6.8", "a count too small for the next stat is an error, not a partial stat", dialects=CLASSIC)
+@case(
+    "dirread.count-too-small",
+    "§6.8",
+    "a count too small for the next stat is an error, not a partial stat",
+    dialects=CLASSIC,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()

@@ -8,6 +8,7 @@ import stat
 from ...protocol import constants as c
 from ...protocol import messages as m
 from ...protocol.constants import NOFID
+from ...protocol.wire import Qid
 from ..context import ROOT_FID, Context, describe
 from ..registry import ALL, NotApplicable, case
 from ._util import expect, file_in_casedir, getattr_of
@@ -18,7 +19,9 @@ def _(ctx: Context) -> str:
     if not ctx.aname.strip("/"):
         raise NotApplicable("needs a non-empty --aname")
     conn = ctx.conn()
-    r = conn.ok(m.Tattach(conn.fid(), NOFID, "root", "/" + ctx.aname.strip("/") + "/", 0), m.Rattach)
+    r = conn.ok(
+        m.Tattach(conn.fid(), NOFID, "root", "/" + ctx.aname.strip("/") + "/", 0), m.Rattach
+    )
     return describe(r)
 
 
@@ -35,13 +38,22 @@ def _(ctx: Context) -> str:
     return conn.err(m.Tattach(conn.fid(), NOFID, "root", "/", 0), errno.ENOENT)
 
 
-@case("auth.default-none", "§7.3", "by default Tattach with afid NOFID needs no authentication", dialects=ALL)
+@case(
+    "auth.default-none",
+    "§7.3",
+    "by default Tattach with afid NOFID needs no authentication",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn(attach=False)
     return describe(conn.ok(m.Tattach(ROOT_FID, NOFID, "nobody", ctx.aname, 65534), m.Rattach))
 
 
-@case("identity.no-access-checks", "§7.4", "the server makes no permission checks of its own (mode 000 file readable)")
+@case(
+    "identity.no-access-checks",
+    "§7.4",
+    "the server makes no permission checks of its own (mode 000 file readable)",
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn(attach=False)
     conn.ok(m.Tattach(ROOT_FID, NOFID, "u", ctx.aname, 4321), m.Rattach)
@@ -52,7 +64,11 @@ def _(ctx: Context) -> str:
     return describe(conn.ok(m.Tread(f, 0, 10), m.Rread))
 
 
-@case("ownership.new-file", "§7.5", "a new file belongs to the attach uid and gid (root server) or to the server")
+@case(
+    "ownership.new-file",
+    "§7.5",
+    "a new file belongs to the attach uid and gid (root server) or to the server",
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn(attach=False)
     conn.ok(m.Tattach(ROOT_FID, NOFID, "u", ctx.aname, 4321), m.Rattach)
@@ -68,8 +84,10 @@ def _(ctx: Context) -> str:
 
 @case("ownership.chown", "§7.5", "Tsetattr UID/GID changes ownership (root server), or EPERM")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
-    r = conn.call(m.Tsetattr(f, c.SetattrValid.UID | c.SetattrValid.GID, 0, 1234, 2345, 0, 0, 0, 0, 0))
+    conn, _d, f = file_in_casedir(ctx)
+    r = conn.call(
+        m.Tsetattr(f, c.SetattrValid.UID | c.SetattrValid.GID, 0, 1234, 2345, 0, 0, 0, 0, 0)
+    )
     if isinstance(r, m.Rsetattr):
         a = getattr_of(conn, f)
         expect((a.uid, a.gid) == (1234, 2345), f"owner {a.uid}:{a.gid}")
@@ -121,10 +139,19 @@ def _ro_case(cid: str, title: str, op: str) -> None:
 for _op in ("lopen-write", "lopen-trunc", "lcreate", "mkdir", "symlink", "mknod", "link", "rename",
             "renameat", "unlinkat", "remove", "setattr", "xattrcreate"):  # fmt: skip
     _ro_case(f"readonly.{_op}", f"T{_op} on a read-only export is EROFS", _op)
-_ro_case("readonly.reads-work", "reading, walking, getattr, statfs, readdir, fsync, locks work read-only", "reads")
+_ro_case(
+    "readonly.reads-work",
+    "reading, walking, getattr, statfs, readdir, fsync, locks work read-only",
+    "reads",
+)
 
 
-@case("confine.handles", "§8.1", "a fid follows its inode, not a path: after a rename it reads the same file", dialects=ALL)
+@case(
+    "confine.handles",
+    "§8.1",
+    "a fid follows its inode, not a path: after a rename it reads the same file",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -134,7 +161,7 @@ def _(ctx: Context) -> str:
     if ctx.dotl:
         conn.ok(m.Trename(b, d, "b"), m.Rrename)
     else:
-        st = m.Stat(type=0xFFFF, dev=0xFFFFFFFF, qid=m.Qid(0xFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF),
+        st = m.Stat(type=0xFFFF, dev=0xFFFFFFFF, qid=Qid(0xFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF),
                     mode=0xFFFFFFFF, atime=0xFFFFFFFF, mtime=0xFFFFFFFF,
                     length=0xFFFFFFFFFFFFFFFF, name="b")  # fmt: skip
         conn.ok(m.Twstat(b, st), m.Rwstat)
@@ -150,18 +177,24 @@ def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
     f = conn.clone(d)
-    msg: m.Message = m.Tlcreate(f, "..", 2, 0o644, NOFID) if ctx.dotl else m.Tcreate(f, "..", 0o644, 2)
+    msg: m.Message = (
+        m.Tlcreate(f, "..", 2, 0o644, NOFID) if ctx.dotl else m.Tcreate(f, "..", 0o644, 2)
+    )
     return conn.err(msg, errno.EINVAL)
 
 
-@case("confine.dotdot-root", "§8.3", "'..' at the export root stays at the root (§9.5)", dialects=ALL)
+@case(
+    "confine.dotdot-root", "§8.3", "'..' at the export root stays at the root (§9.5)", dialects=ALL
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     r = conn.ok(m.Twalk(ROOT_FID, conn.fid(), [".."] * 16), m.Rwalk)
     a = conn.ok(m.Tattach(conn.fid(), NOFID, "root", ctx.aname, 0), m.Rattach)
     assert isinstance(r, m.Rwalk) and isinstance(a, m.Rattach)
     expect(all(q.path == a.qid.path for q in r.qids), f"qids {r.qids[:2]}..., root {a.qid}")
-    expect(bool(ctx.scratch) and conn.exists(conn.walk(ROOT_FID, ".."), ctx.scratch), "not at the root")
+    expect(
+        bool(ctx.scratch) and conn.exists(conn.walk(ROOT_FID, ".."), ctx.scratch), "not at the root"
+    )
     return f"16 x '..' stays at root path {a.qid.path:#x}"
 
 
@@ -173,7 +206,11 @@ def _(ctx: Context) -> str:
     return "back at the root"
 
 
-@case("confine.symlink-absolute", "§8.4", "a symlink to / is never followed: walk through it is ENOTDIR")
+@case(
+    "confine.symlink-absolute",
+    "§8.4",
+    "a symlink to / is never followed: walk through it is ENOTDIR",
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -193,7 +230,11 @@ def _(ctx: Context) -> str:
     return out
 
 
-@case("confine.symlink-loop", "§8.4", "a symlink loop is just a link: walk returns it, Tlopen is ELOOP")
+@case(
+    "confine.symlink-loop",
+    "§8.4",
+    "a symlink loop is just a link: walk returns it, Tlopen is ELOOP",
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -218,10 +259,16 @@ def _(ctx: Context) -> str:
 @case("confine.device", "§8.5", "device nodes are never created (EPERM)")
 def _(ctx: Context) -> str:
     conn = ctx.conn()
-    return conn.err(m.Tmknod(conn.casedir(), "zero", stat.S_IFCHR | 0o666, 1, 5, NOFID), errno.EPERM)
+    return conn.err(
+        m.Tmknod(conn.casedir(), "zero", stat.S_IFCHR | 0o666, 1, 5, NOFID), errno.EPERM
+    )
 
 
-@case("confine.race-name-swapped", "§8.6", "Trename through a fid whose name now names another file is ENOENT")
+@case(
+    "confine.race-name-swapped",
+    "§8.6",
+    "Trename through a fid whose name now names another file is ENOENT",
+)
 def _(ctx: Context) -> str:
     conn, d, f = file_in_casedir(ctx)
     conn.unlink(d, "f")
@@ -231,7 +278,11 @@ def _(ctx: Context) -> str:
     return out
 
 
-@case("confine.qid-path-stable", "§8.7", "qid.path of one file is the same through walk, getattr and readdir")
+@case(
+    "confine.qid-path-stable",
+    "§8.7",
+    "qid.path of one file is the same through walk, getattr and readdir",
+)
 def _(ctx: Context) -> str:
     conn, d, f = file_in_casedir(ctx)
     w = conn.ok(m.Twalk(d, conn.fid(), ["f"]), m.Rwalk)
@@ -241,12 +292,17 @@ def _(ctx: Context) -> str:
     conn.open(dd)
     from ._util import readdir_all
 
-    e = [x for x in readdir_all(conn, dd) if x.name == "f"][0]
+    e = next(x for x in readdir_all(conn, dd) if x.name == "f")
     expect(w.qids[0].path == g == e.qid.path, f"{w.qids[0].path:#x} {g:#x} {e.qid.path:#x}")
     return f"path {g:#x}"
 
 
-@case("exports.one-root", "§7.1", "an export is one directory: every attach reaches the same root", dialects=ALL)
+@case(
+    "exports.one-root",
+    "§7.1",
+    "an export is one directory: every attach reaches the same root",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     a = ctx.conn(attach=False)
     b = ctx.conn(attach=False)
@@ -258,11 +314,18 @@ def _(ctx: Context) -> str:
     return f"root qid.path {ra.qid.path:#x} on both"
 
 
-@case("resources.many-fids", "§8.8", "no per-client fid limit by default: 2000 fids on one connection", dialects=ALL)
+@case(
+    "resources.many-fids",
+    "§8.8",
+    "no per-client fid limit by default: 2000 fids on one connection",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
-    batch = b"".join(m.Twalk(d, 10000 + i, []).encode(1 + i % 1000, ctx.dialect) for i in range(2000))
+    batch = b"".join(
+        m.Twalk(d, 10000 + i, []).encode(1 + i % 1000, ctx.dialect) for i in range(2000)
+    )
     conn.send_raw(batch)
     bad = 0
     for _ in range(2000):

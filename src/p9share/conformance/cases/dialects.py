@@ -34,20 +34,32 @@ for _d in Dialect:
           dialects=ALL)(_served)  # fmt: skip
 
 
-@case("version.canonical", "§3.1", "the reply names the dialect asked for, canonically", dialects=ALL)
+@case(
+    "version.canonical", "§3.1", "the reply names the dialect asked for, canonically", dialects=ALL
+)
 def _(ctx: Context) -> str:
     r = _version(ctx, 8192, ctx.dialect.value)
     expect(r.version == ctx.dialect.value, f"got {r.version!r}")
     return f"Rversion {r.version!r}"
 
 
-@case("version.any-tag", "§3.1", "Tversion under a tag other than NOTAG is answered under it", dialects=ALL)
+@case(
+    "version.any-tag",
+    "§3.1",
+    "Tversion under a tag other than NOTAG is answered under it",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     r = _version(ctx, 8192, ctx.dialect.value, tag=77)
     return f"Rversion {r.version!r} under tag 77"
 
 
-@case("version.msize-huge", "§3.1", "a huge msize is answered with at most the server maximum", dialects=ALL)
+@case(
+    "version.msize-huge",
+    "§3.1",
+    "a huge msize is answered with at most the server maximum",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     r = _version(ctx, 0xFFFFFFFF, ctx.dialect.value)
     expect(4096 <= r.msize < 0xFFFFFFFF, f"msize {r.msize}")
@@ -75,7 +87,12 @@ def _(ctx: Context) -> str:
     return f"Rversion {r.version!r}"
 
 
-@case("version.case-sensitive", "§3.1", "version strings are case-sensitive ('9p2000.l' is unknown)", dialects=ALL)
+@case(
+    "version.case-sensitive",
+    "§3.1",
+    "version strings are case-sensitive ('9p2000.l' is unknown)",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     r = _version(ctx, 8192, "9p2000.l")
     expect(r.version == "unknown", f"version {r.version!r}")
@@ -89,7 +106,12 @@ def _(ctx: Context) -> str:
     return f"Rversion {r.version!r}"
 
 
-@case("version.unknown-unnegotiates", "§3.1", "after 'unknown' requests get EPROTO again", dialects=ALL)
+@case(
+    "version.unknown-unnegotiates",
+    "§3.1",
+    "after 'unknown' requests get EPROTO again",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn(attach=False)
     r = conn.rc.version(8192, "9P3000")
@@ -113,7 +135,12 @@ def _(ctx: Context) -> str:
     return f"iounit {r.iounit}"
 
 
-@case("msize.never-above-asked", "§3.2", "the negotiated msize never exceeds what the client asked", dialects=ALL)
+@case(
+    "msize.never-above-asked",
+    "§3.2",
+    "the negotiated msize never exceeds what the client asked",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     r = _version(ctx, 1048576, ctx.dialect.value)
     expect(r.msize <= 1048576, f"msize {r.msize}")
@@ -145,7 +172,12 @@ def _(ctx: Context) -> str:
     return f"Rxattrwalk size {r.size}"
 
 
-@case("reset.pooled-completed", "§3.3", "Tversion waits for a running large read, whose reply comes first", dialects=ALL)
+@case(
+    "reset.pooled-completed",
+    "§3.3",
+    "Tversion waits for a running large read, whose reply comes first",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn(msize=1048576 + 24)
     if conn.rc.msize <= 65536 + 11:
@@ -157,7 +189,7 @@ def _(ctx: Context) -> str:
     t1 = conn.rc.send(m.Tread(f, 0, 300000))
     conn.rc.send(m.Tversion(65560, ctx.dialect.value), tag=NOTAG)
     tag1, r1 = conn.recv()
-    tag2, r2 = conn.recv()
+    _tag2, r2 = conn.recv()
     expect(tag1 == t1 and isinstance(r1, m.Rread), f"first reply {describe(r1)} tag {tag1}")
     expect(isinstance(r2, m.Rversion), f"second reply {describe(r2)}")
     return f"{describe(r1)} then {describe(r2)}"

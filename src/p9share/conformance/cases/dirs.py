@@ -104,7 +104,7 @@ def _(ctx: Context) -> str:
 
 @case("readdir.file", "§5.16", "Treaddir on an open file is ENOTDIR")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     conn.open(f)
     return conn.err(m.Treaddir(f, 0, 1000), errno.ENOTDIR)
 
@@ -208,7 +208,7 @@ def _(ctx: Context) -> str:
 
 @case("readlink.not-symlink", "§5.21", "Treadlink of a regular file is EINVAL")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     return conn.err(m.Treadlink(f), errno.EINVAL)
 
 
@@ -306,13 +306,13 @@ def _(ctx: Context) -> str:
 
 @case("renameat.bad-newname", "§5.24", "Trenameat to '.' is EINVAL")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, d, _f = file_in_casedir(ctx)
     return conn.err(m.Trenameat(d, "f", d, "."), errno.EINVAL)
 
 
 @case("unlinkat.bad-flags", "§5.25", "Tunlinkat with a flag other than AT_REMOVEDIR is EINVAL")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, d, _f = file_in_casedir(ctx)
     return conn.err(m.Tunlinkat(d, "f", 0x100), errno.EINVAL)
 
 
@@ -326,7 +326,7 @@ def _(ctx: Context) -> str:
 
 @case("unlinkat.file-with-flag", "§5.25", "AT_REMOVEDIR on a file is ENOTDIR")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, d, _f = file_in_casedir(ctx)
     return conn.err(m.Tunlinkat(d, "f", c.AT_REMOVEDIR), errno.ENOTDIR)
 
 
@@ -347,7 +347,7 @@ def _(ctx: Context) -> str:
 
 @case("unlinkat.removes", "§5.25", "Tunlinkat removes a file and an empty directory")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, d, _f = file_in_casedir(ctx)
     conn.mkdir(d, "s")
     conn.ok(m.Tunlinkat(d, "f", 0), m.Runlinkat)
     conn.ok(m.Tunlinkat(d, "s", c.AT_REMOVEDIR), m.Runlinkat)

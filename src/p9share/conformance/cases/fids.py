@@ -90,13 +90,13 @@ for _n in ("read", "write", "readdir", "fsync", "lock", "getlock"):
 
 @case("fids.open.relopen", "§4.2", "Tlopen of an open fid is EBADF")
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx)
+    conn, _d, f = opened(ctx)
     return conn.err(m.Tlopen(f, 0), errno.EBADF)
 
 
 @case("fids.open.xattrcreate", "§4.2", "Txattrcreate on an open fid is EBADF")
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx)
+    conn, _d, f = opened(ctx)
     return conn.err(m.Txattrcreate(f, "user.x", 1, 0), errno.EBADF)
 
 
@@ -110,13 +110,13 @@ def _(ctx: Context) -> str:
 
 @case("fids.open.walk-onto-itself", "§4.2", "Twalk of an open fid onto itself is EBUSY")
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx)
+    conn, _d, f = opened(ctx)
     return conn.err(m.Twalk(f, f, []), errno.EBUSY)
 
 
 @case("fids.xattr.getattr", "§4.2", "an xattr-read fid refuses Tgetattr (EBADF)")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     x = conn.fid()
     conn.ok(m.Txattrwalk(f, x, ""), m.Rxattrwalk)
     return conn.err(m.Tgetattr(x, 1), errno.EBADF)
@@ -124,7 +124,7 @@ def _(ctx: Context) -> str:
 
 @case("fids.xattr.walk", "§4.2", "an xattr-read fid refuses Twalk (EBADF)")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     x = conn.fid()
     conn.ok(m.Txattrwalk(f, x, ""), m.Rxattrwalk)
     return conn.err(m.Twalk(x, conn.fid(), []), errno.EBADF)
@@ -143,7 +143,7 @@ def _(ctx: Context) -> str:
 
 @case("fids.dirfid-not-dir", "§4.2", "a directory request on a file fid is ENOTDIR")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     return conn.err(m.Tmkdir(f, "x", 0o755, NOFID), errno.ENOTDIR)
 
 
@@ -155,7 +155,12 @@ def _(ctx: Context) -> str:
     return describe(conn.ok(m.Tmkdir(d, "sub", 0o755, NOFID), m.Rmkdir))
 
 
-@case("fids.create.attach-root", "§4.3", "Tattach creates a fid for the export root, not open", dialects=ALL)
+@case(
+    "fids.create.attach-root",
+    "§4.3",
+    "Tattach creates a fid for the export root, not open",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     return conn.err(m.Tread(ROOT_FID, 0, 10), errno.EBADF)
@@ -173,7 +178,7 @@ def _(ctx: Context) -> str:
 
 @case("walk.clone-not-open", "§4.4", "a clone of an open fid is not open", dialects=ALL)
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx, b"abc")
+    conn, _d, f = file_in_casedir(ctx, b"abc")
     conn.open(f)
     g = conn.clone(f)
     return conn.err(m.Tread(g, 0, 3), errno.EBADF)
@@ -209,7 +214,9 @@ def _(ctx: Context) -> str:
     body = bytearray(data[7:])
     body[8:10] = (17).to_bytes(2, "little")
     body += b"\x01\x00."
-    conn.send_raw((7 + len(body)).to_bytes(4, "little") + bytes([110]) + (3).to_bytes(2, "little") + body)
+    conn.send_raw(
+        (7 + len(body)).to_bytes(4, "little") + bytes([110]) + (3).to_bytes(2, "little") + body
+    )
     _, r = conn.recv()
     return conn.check_err(m.Twalk(0, 0), r, [errno.EPROTO])
 
@@ -221,7 +228,12 @@ def _(ctx: Context) -> str:
     return conn.err(m.Twalk(d, conn.fid(), ["missing"]), errno.ENOENT)
 
 
-@case("walk.partial", "§4.4", "a later name failing gives the qids so far; newfid not created", dialects=ALL)
+@case(
+    "walk.partial",
+    "§4.4",
+    "a later name failing gives the qids so far; newfid not created",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -233,7 +245,12 @@ def _(ctx: Context) -> str:
     return "Rwalk with 1 qid; newfid 333 unknown"
 
 
-@case("walk.partial-onto-itself", "§4.4", "a partial walk with newfid = fid leaves fid unchanged", dialects=ALL)
+@case(
+    "walk.partial-onto-itself",
+    "§4.4",
+    "a partial walk with newfid = fid leaves fid unchanged",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -271,7 +288,7 @@ def _(ctx: Context) -> str:
 
 @case("walk.through-file", "§4.4", "walking a name from a file is ENOTDIR", dialects=ALL)
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     return conn.err(m.Twalk(f, conn.fid(), ["x"]), errno.ENOTDIR)
 
 
@@ -294,7 +311,9 @@ def _(ctx: Context) -> str:
     return describe(conn.ok(m.Twalk(p, conn.fid(), ["f"]), m.Rwalk))
 
 
-@case("walk.symlink-not-followed", "§4.4", "a symlink is walked to itself; a name after it is ENOTDIR")
+@case(
+    "walk.symlink-not-followed", "§4.4", "a symlink is walked to itself; a name after it is ENOTDIR"
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -310,7 +329,7 @@ def _(ctx: Context) -> str:
 
 @case("clunk.after-error", "§4.5", "a clunk that fails still frees the fid")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     conn.ok(m.Txattrcreate(f, "user.p9conf", 10, 0), m.Rxattrcreate)
     out = conn.err(m.Tclunk(f), errno.EINVAL)
     conn.err(m.Tclunk(f), errno.EBADF)
@@ -325,7 +344,9 @@ def _(ctx: Context) -> str:
     return describe(conn.ok(m.Twalk(ROOT_FID, 77, []), m.Rwalk))
 
 
-@case("remove.fid-gone-on-error", "§4.5", "a Tremove that fails still removes the fid", dialects=ALL)
+@case(
+    "remove.fid-gone-on-error", "§4.5", "a Tremove that fails still removes the fid", dialects=ALL
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -336,7 +357,12 @@ def _(ctx: Context) -> str:
     return out + "; fid gone"
 
 
-@case("lifetime.unlinked-open", "§4.6", "an open fid keeps working after its file is unlinked", dialects=ALL)
+@case(
+    "lifetime.unlinked-open",
+    "§4.6",
+    "an open fid keeps working after its file is unlinked",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -364,7 +390,11 @@ def _(ctx: Context) -> str:
     return "lock through a second fid succeeds after the clunk"
 
 
-@case("lifetime.unlinked-getattr", "§4.6", "a fid holds the inode: Tgetattr after unlink shows nlink 0")
+@case(
+    "lifetime.unlinked-getattr",
+    "§4.6",
+    "a fid holds the inode: Tgetattr after unlink shows nlink 0",
+)
 def _(ctx: Context) -> str:
     conn, d, f = file_in_casedir(ctx)
     conn.unlink(d, "f")

@@ -10,7 +10,7 @@ from ...protocol import constants as c
 from ...protocol import messages as m
 from ...protocol.constants import NOFID
 from ..context import ROOT_FID, Context, describe
-from ..registry import ALL, DOTL, Failure, NotApplicable, case
+from ..registry import ALL, DOTL, case
 from ._util import expect, file_in_casedir, getattr_of, lcreate, mkfifo, opened, subdir
 
 V = c.SetattrValid
@@ -105,11 +105,15 @@ def _lopen_err(cid: str, title: str, setup: str, flags: int, err: int) -> None:
         return conn.err(m.Tlopen(f, flags), err)
 
 
-_lopen_err("lopen.unknown-flag", "a flag outside the table is EINVAL", "file", 0o10000000, errno.EINVAL)
+_lopen_err(
+    "lopen.unknown-flag", "a flag outside the table is EINVAL", "file", 0o10000000, errno.EINVAL
+)
 _lopen_err("lopen.noaccess", "access mode 3 (NOACCESS) is EINVAL", "file", 3, errno.EINVAL)
 _lopen_err("lopen.dir-write", "a directory opened for writing is EISDIR", "dir", 1, errno.EISDIR)
 _lopen_err("lopen.dir-rdwr", "a directory opened read-write is EISDIR", "dir", 2, errno.EISDIR)
-_lopen_err("lopen.dir-trunc", "a directory opened with TRUNC is EISDIR", "dir", c.L_O_TRUNC, errno.EISDIR)
+_lopen_err(
+    "lopen.dir-trunc", "a directory opened with TRUNC is EISDIR", "dir", c.L_O_TRUNC, errno.EISDIR
+)
 _lopen_err("lopen.symlink", "a symbolic link is ELOOP", "symlink", 0, errno.ELOOP)
 _lopen_err("lopen.fifo", "a FIFO is ENXIO", "fifo", 0, errno.ENXIO)
 _lopen_err("lopen.socket", "a socket is ENXIO", "socket", 0, errno.ENXIO)
@@ -130,7 +134,7 @@ def _(ctx: Context) -> str:
 
 @case("openflags.trunc", "§5.7.1", "TRUNC truncates the file")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx, b"0123456789")
+    conn, _d, f = file_in_casedir(ctx, b"0123456789")
     conn.ok(m.Tlopen(f, c.L_O_WRONLY | c.L_O_TRUNC), m.Rlopen)
     size = getattr_of(conn, f).size
     expect(size == 0, f"size {size}")
@@ -149,9 +153,13 @@ def _(ctx: Context) -> str:
     return f"file holds {data!r}"
 
 
-@case("openflags.dropped", "§5.7.1", "CREAT, EXCL, NOCTTY, FASYNC, DIRECT, LARGEFILE, CLOEXEC are accepted and dropped")
+@case(
+    "openflags.dropped",
+    "§5.7.1",
+    "CREAT, EXCL, NOCTTY, FASYNC, DIRECT, LARGEFILE, CLOEXEC are accepted and dropped",
+)
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx, b"x")
+    conn, _d, f = file_in_casedir(ctx, b"x")
     flags = (c.L_O_CREAT | c.L_O_EXCL | c.L_O_NOCTTY | c.L_O_FASYNC | c.L_O_DIRECT
              | c.L_O_LARGEFILE | c.L_O_CLOEXEC)  # fmt: skip
     r = conn.ok(m.Tlopen(f, flags), m.Rlopen)
@@ -161,7 +169,7 @@ def _(ctx: Context) -> str:
 
 @case("openflags.sync-nofollow-nonblock", "§5.7.1", "SYNC, DSYNC, NONBLOCK, NOFOLLOW are accepted")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx, b"x")
+    conn, _d, f = file_in_casedir(ctx, b"x")
     flags = c.L_O_RDWR | c.L_O_SYNC | c.L_O_DSYNC | c.L_O_NONBLOCK | c.L_O_NOFOLLOW
     r = conn.ok(m.Tlopen(f, flags), m.Rlopen)
     conn.ok(m.Twrite(f, 0, b"y"), m.Rwrite)
@@ -188,7 +196,9 @@ def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
     conn.create(d, "f")
-    return conn.err(m.Tlcreate(conn.clone(d), "f", c.L_O_RDWR | c.L_O_EXCL, 0o644, NOFID), errno.EEXIST)
+    return conn.err(
+        m.Tlcreate(conn.clone(d), "f", c.L_O_RDWR | c.L_O_EXCL, 0o644, NOFID), errno.EEXIST
+    )
 
 
 @case("lcreate.exists-opens", "§5.8", "an existing name without EXCL is opened, mode unchanged")
@@ -223,7 +233,7 @@ def _(ctx: Context) -> str:
 
 @case("lcreate.on-file", "§5.8", "Tlcreate on a file fid is ENOTDIR")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     return conn.err(m.Tlcreate(f, "x", c.L_O_RDWR, 0o644, NOFID), errno.ENOTDIR)
 
 
@@ -244,7 +254,7 @@ def _(ctx: Context) -> str:
 
 @case("read.past-end", "§5.9", "a read at or past the end of file is empty", dialects=ALL)
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx, b"abc")
+    conn, _d, f = file_in_casedir(ctx, b"abc")
     conn.open(f)
     for off in (3, 1000):
         r = conn.ok(m.Tread(f, off, 10), m.Rread)
@@ -255,7 +265,7 @@ def _(ctx: Context) -> str:
 
 @case("read.short-at-eof", "§5.9", "a read across the end returns the bytes up to it", dialects=ALL)
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx, b"abcdef")
+    conn, _d, f = file_in_casedir(ctx, b"abcdef")
     conn.open(f)
     r = conn.ok(m.Tread(f, 4, 100), m.Rread)
     assert isinstance(r, m.Rread)
@@ -273,27 +283,32 @@ def _(ctx: Context) -> str:
 
 @case("read.write-only", "§5.9", "Tread on a write-only fid is EBADF", dialects=ALL)
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx, b"abc")
+    conn, _d, f = file_in_casedir(ctx, b"abc")
     conn.open(f, "w")
     return conn.err(m.Tread(f, 0, 3), errno.EBADF)
 
 
 @case("read.offset-2-63", "§5.9", "a read offset of 2^63 or more is EINVAL")
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx, b"abc", "r")
+    conn, _d, f = opened(ctx, b"abc", "r")
     return conn.err(m.Tread(f, 1 << 63, 3), errno.EINVAL)
 
 
 @case("read.zero-count", "§5.9", "a read of count 0 is an empty Rread", dialects=ALL)
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx, b"abc", "r")
+    conn, _d, f = opened(ctx, b"abc", "r")
     r = conn.ok(m.Tread(f, 0, 0), m.Rread)
     assert isinstance(r, m.Rread)
     expect(len(r.data) == 0, f"{len(r.data)} bytes")
     return describe(r)
 
 
-@case("read.msize-boundary", "§5.9", "a read of exactly msize - 11 bytes fills one Rread of msize", dialects=ALL)
+@case(
+    "read.msize-boundary",
+    "§5.9",
+    "a read of exactly msize - 11 bytes fills one Rread of msize",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn(msize=8192)
     d = conn.casedir()
@@ -308,7 +323,7 @@ def _(ctx: Context) -> str:
 
 @case("write.read-only", "§5.10", "Twrite on a read-only fid is EBADF", dialects=ALL)
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx, b"abc", "r")
+    conn, _d, f = opened(ctx, b"abc", "r")
     return conn.err(m.Twrite(f, 0, b"x"), errno.EBADF)
 
 
@@ -322,13 +337,18 @@ def _(ctx: Context) -> str:
 
 @case("write.offset-2-63", "§5.10", "a write offset of 2^63 or more is EINVAL")
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx, b"abc", "rw")
+    conn, _d, f = opened(ctx, b"abc", "rw")
     return conn.err(m.Twrite(f, 1 << 63, b"x"), errno.EINVAL)
 
 
-@case("write.zero-length", "§5.10", "a zero-length write answers count 0 and changes nothing", dialects=ALL)
+@case(
+    "write.zero-length",
+    "§5.10",
+    "a zero-length write answers count 0 and changes nothing",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx, b"abc", "rw")
+    conn, _d, f = opened(ctx, b"abc", "rw")
     r = conn.ok(m.Twrite(f, 10, b""), m.Rwrite)
     assert isinstance(r, m.Rwrite)
     expect(r.count == 0, f"count {r.count}")
@@ -338,7 +358,12 @@ def _(ctx: Context) -> str:
     return "Rwrite count 0"
 
 
-@case("write.msize-boundary", "§5.10", "a Twrite frame of exactly msize bytes is accepted", dialects=ALL)
+@case(
+    "write.msize-boundary",
+    "§5.10",
+    "a Twrite frame of exactly msize bytes is accepted",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn(msize=8192)
     d = conn.casedir()
@@ -352,7 +377,12 @@ def _(ctx: Context) -> str:
     return f"wrote {n} bytes in a frame of 8192"
 
 
-@case("write.over-msize-closes", "§5.10", "a Twrite frame one byte over msize closes the connection", dialects=ALL)
+@case(
+    "write.over-msize-closes",
+    "§5.10",
+    "a Twrite frame one byte over msize closes the connection",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn(msize=8192)
     d = conn.casedir()
@@ -432,7 +462,7 @@ def _(ctx: Context) -> str:
 
 @case("getattr.valid", "§5.13", "Rgetattr valid is BASIC (plus BTIME), gen and data_version 0")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx, b"abc")
+    conn, _d, f = file_in_casedir(ctx, b"abc")
     a = getattr_of(conn, f)
     expect(a.valid & 0x7FF == 0x7FF and not a.valid & ~0xFFF, f"valid {a.valid:#x}")
     expect(a.gen == 0 and a.data_version == 0, f"gen {a.gen} data_version {a.data_version}")
@@ -442,7 +472,7 @@ def _(ctx: Context) -> str:
 
 @case("getattr.mask-ignored", "§5.13", "request_mask 0 still gets the full BASIC reply (§9.7)")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx, b"abc")
+    conn, _d, f = file_in_casedir(ctx, b"abc")
     r = conn.ok(m.Tgetattr(f, 0), m.Rgetattr)
     assert isinstance(r, m.Rgetattr)
     expect(r.valid & 0x7FF == 0x7FF and r.size == 3, f"valid {r.valid:#x} size {r.size}")
@@ -467,7 +497,7 @@ def _(ctx: Context) -> str:
 
 @case("getattr.nsec-range", "§5.13", "every *_nsec is below 10^9")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     a = getattr_of(conn, f)
     for n in (a.atime_nsec, a.mtime_nsec, a.ctime_nsec, a.btime_nsec):
         expect(n < 1_000_000_000, f"nsec {n}")
@@ -476,13 +506,13 @@ def _(ctx: Context) -> str:
 
 @case("setattr.unknown-bit", "§5.14", "a valid bit outside 0x1ff is EINVAL (§9.19)")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     return conn.err(_setattr(f, 0x200), errno.EINVAL)
 
 
 @case("setattr.zero", "§5.14", "valid 0 succeeds and changes nothing")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx, b"abc")
+    conn, _d, f = file_in_casedir(ctx, b"abc")
     before = getattr_of(conn, f)
     conn.ok(_setattr(f, 0, size=0, mode=0), m.Rsetattr)
     after = getattr_of(conn, f)
@@ -492,13 +522,13 @@ def _(ctx: Context) -> str:
 
 @case("setattr.nsec-too-big", "§5.14", "MTIME|MTIME_SET with nsec >= 10^9 is EINVAL")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     return conn.err(_setattr(f, V.MTIME | V.MTIME_SET, mt=(5, 1_000_000_000)), errno.EINVAL)
 
 
 @case("setattr.mode", "§5.14", "MODE sets the permission bits, file type ignored")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     conn.ok(_setattr(f, V.MODE, mode=0o040604), m.Rsetattr)
     a = getattr_of(conn, f)
     expect(a.mode == stat.S_IFREG | 0o604, f"mode {a.mode:o}")
@@ -515,7 +545,7 @@ def _(ctx: Context) -> str:
 
 @case("setattr.size", "§5.14", "SIZE truncates and extends")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx, b"abcdef")
+    conn, _d, f = file_in_casedir(ctx, b"abcdef")
     conn.ok(_setattr(f, V.SIZE, size=2), m.Rsetattr)
     expect(getattr_of(conn, f).size == 2, "not truncated")
     conn.ok(_setattr(f, V.SIZE, size=100), m.Rsetattr)
@@ -537,13 +567,13 @@ def _(ctx: Context) -> str:
 
 @case("setattr.size-2-63", "§5.14", "SIZE of 2^63 or more is EINVAL")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     return conn.err(_setattr(f, V.SIZE, size=1 << 63), errno.EINVAL)
 
 
 @case("setattr.times-set", "§5.14", "ATIME|ATIME_SET and MTIME|MTIME_SET set the given times")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     v = V.ATIME | V.ATIME_SET | V.MTIME | V.MTIME_SET
     conn.ok(_setattr(f, v, at=(1000000, 5), mt=(2000000, 7)), m.Rsetattr)
     a = getattr_of(conn, f)
@@ -554,7 +584,7 @@ def _(ctx: Context) -> str:
 
 @case("setattr.time-now", "§5.14", "MTIME without MTIME_SET means the current time")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     conn.ok(_setattr(f, V.MTIME | V.MTIME_SET, mt=(1000, 0)), m.Rsetattr)
     conn.ok(_setattr(f, V.MTIME, mt=(1000, 0)), m.Rsetattr)
     a = getattr_of(conn, f)
@@ -564,7 +594,7 @@ def _(ctx: Context) -> str:
 
 @case("setattr.set-without-time", "§5.14", "MTIME_SET without MTIME is ignored")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     before = getattr_of(conn, f).mtime_sec
     conn.ok(_setattr(f, V.MTIME_SET, mt=(1000, 0)), m.Rsetattr)
     after = getattr_of(conn, f).mtime_sec
@@ -574,13 +604,17 @@ def _(ctx: Context) -> str:
 
 @case("setattr.ctime-alone", "§5.14", "CTIME alone succeeds")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     return describe(conn.ok(_setattr(f, V.CTIME), m.Rsetattr))
 
 
-@case("setattr.before-1970", "§5.14", "a time before 1970 is sent and read back as two's complement (§9.13)")
+@case(
+    "setattr.before-1970",
+    "§5.14",
+    "a time before 1970 is sent and read back as two's complement (§9.13)",
+)
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     neg = (-86400) & 0xFFFF_FFFF_FFFF_FFFF
     conn.ok(_setattr(f, V.MTIME | V.MTIME_SET, mt=(neg, 0)), m.Rsetattr)
     a = getattr_of(conn, f)
@@ -611,7 +645,7 @@ def _(ctx: Context) -> str:
 
 @case("fsync.file", "§5.17", "Tfsync of an open file, data and metadata", dialects=DOTL)
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx, b"abc", "rw")
+    conn, _d, f = opened(ctx, b"abc", "rw")
     conn.ok(m.Tfsync(f, 0), m.Rfsync)
     return describe(conn.ok(m.Tfsync(f, 1), m.Rfsync))
 
@@ -624,7 +658,9 @@ def _(ctx: Context) -> str:
     return describe(conn.ok(m.Tfsync(d, 0), m.Rfsync))
 
 
-@case("unlinked.io", "§5.32", "read, write, setattr, fsync, statfs keep working on an unlinked file")
+@case(
+    "unlinked.io", "§5.32", "read, write, setattr, fsync, statfs keep working on an unlinked file"
+)
 def _(ctx: Context) -> str:
     conn, d, f = opened(ctx, b"abc", "rw")
     conn.unlink(d, "f")
@@ -663,7 +699,11 @@ def _(ctx: Context) -> str:
     return conn.err(m.Tlink(d, f, "again"), errno.ENOENT)
 
 
-@case("renamed.fid-follows", "§5.32", "after Trename by another connection, Tremove through the old fid acts on the new name")
+@case(
+    "renamed.fid-follows",
+    "§5.32",
+    "after Trename by another connection, Tremove through the old fid acts on the new name",
+)
 def _(ctx: Context) -> str:
     a, d, f = file_in_casedir(ctx)
     b = ctx.conn()
@@ -703,5 +743,3 @@ def _(ctx: Context) -> str:
     _, r = conn.recv()
     expect(isinstance(r, m.Rlerror), f"got {describe(r)}")
     return conn.check_err(m.Tclunk(0), r, [errno.EOPNOTSUPP])
-
-

@@ -14,7 +14,12 @@ from ..registry import ALL, DOTL, Failure, case
 from ._util import expect, file_in_casedir, frame, getattr_of, u32, wstr
 
 
-@case("frame.header.reply-type", "§2.1", "reply type is request type + 1, size counts the whole frame", dialects=ALL)
+@case(
+    "frame.header.reply-type",
+    "§2.1",
+    "reply type is request type + 1, size counts the whole frame",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.raw()
     conn.send_raw(m.Tversion(8192, ctx.dialect.value).encode(NOTAG, Dialect.P9P2000))
@@ -25,7 +30,12 @@ def _(ctx: Context) -> str:
     return f"Rversion: size {size}, type {mtype}, tag {tag:#x}"
 
 
-@case("frame.int.little-endian", "§2.2", "integers are little-endian (msize 0x00009a18 echoed)", dialects=ALL)
+@case(
+    "frame.int.little-endian",
+    "§2.2",
+    "integers are little-endian (msize 0x00009a18 echoed)",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.raw()
     r = conn.rc.version(0x9A18)
@@ -33,7 +43,12 @@ def _(ctx: Context) -> str:
     return f"Rversion msize {r.msize:#x}"
 
 
-@case("frame.string.empty-valid", "§2.3", "the empty string is valid on the wire (empty uname)", dialects=ALL)
+@case(
+    "frame.string.empty-valid",
+    "§2.3",
+    "the empty string is valid on the wire (empty uname)",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn(attach=False)
     return describe(conn.ok(m.Tattach(ROOT_FID, c.NOFID, "", ctx.aname, 0), m.Rattach))
@@ -97,7 +112,9 @@ def _(ctx: Context) -> str:
     return f"qid type {w.qids[0].type:#x}"
 
 
-@case("frame.qid.version-changes", "§2.4", "a regular file's qid.version changes when it is written")
+@case(
+    "frame.qid.version-changes", "§2.4", "a regular file's qid.version changes when it is written"
+)
 def _(ctx: Context) -> str:
     conn, d, f = file_in_casedir(ctx, b"abc")
     before = getattr_of(conn, f).qid.version
@@ -111,7 +128,12 @@ def _(ctx: Context) -> str:
     return f"version {before:#x} -> {after:#x}; directory version 0"
 
 
-@case("frame.qid.path-unique", "§2.4", "two files have different qid.path; one file keeps its path", dialects=ALL)
+@case(
+    "frame.qid.path-unique",
+    "§2.4",
+    "two files have different qid.path; one file keeps its path",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -135,7 +157,12 @@ def _(ctx: Context) -> str:
     return conn.check_err(m.Twalk(0, 0), r, [errno.EPROTO])
 
 
-@case("frame.compound.data-count-lies", "§2.5", "a Twrite whose count exceeds the bytes present: EPROTO", dialects=ALL)
+@case(
+    "frame.compound.data-count-lies",
+    "§2.5",
+    "a Twrite whose count exceeds the bytes present: EPROTO",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     body = u32(ROOT_FID) + (0).to_bytes(8, "little") + u32(100) + b"x" * 10
@@ -144,7 +171,9 @@ def _(ctx: Context) -> str:
     return conn.check_err(m.Twrite(0, 0, b""), r, [errno.EPROTO])
 
 
-@case("frame.const.maxwelem", "§2.6", "MAXWELEM is 16: a walk of 16 names is accepted", dialects=ALL)
+@case(
+    "frame.const.maxwelem", "§2.6", "MAXWELEM is 16: a walk of 16 names is accepted", dialects=ALL
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -172,23 +201,43 @@ def _closes(cid: str, title: str, make: str) -> None:
 
 
 _closes("frame.check1.size-below-7", "a size below 7 closes the connection", "small")
-_closes("frame.check2.size-over-msize", "a size above the negotiated msize closes the connection", "over-msize")
-_closes("frame.check2.size-over-max", "before Tversion, a size above the server maximum closes", "unversioned")
-_closes("frame.check3.eof-mid-frame", "the peer closing mid-frame closes the connection", "truncated")
+_closes(
+    "frame.check2.size-over-msize",
+    "a size above the negotiated msize closes the connection",
+    "over-msize",
+)
+_closes(
+    "frame.check2.size-over-max",
+    "before Tversion, a size above the server maximum closes",
+    "unversioned",
+)
+_closes(
+    "frame.check3.eof-mid-frame", "the peer closing mid-frame closes the connection", "truncated"
+)
 
 
-@case("frame.check4.bad-tversion", "§2.7", "a malformed Tversion is EPROTO, the connection stays", dialects=ALL)
+@case(
+    "frame.check4.bad-tversion",
+    "§2.7",
+    "a malformed Tversion is EPROTO, the connection stays",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.raw(Dialect.P9P2000)
     conn.send_raw(frame(100, NOTAG, u32(8192) + b"\x09\x00" + b"9P"))
-    tag, r = conn.recv()
+    _tag, r = conn.recv()
     expect(error_number(r) is not None, f"got {describe(r)}")
     v = conn.rc.version(8192, ctx.dialect.value)
     expect(v.version != "", "no Rversion after the malformed one")
     return f"{describe(r)} then {describe(v)}"
 
 
-@case("frame.check5.before-version", "§2.7", "a request before Tversion gets Rerror (EPROTO)", dialects=ALL)
+@case(
+    "frame.check5.before-version",
+    "§2.7",
+    "a request before Tversion gets Rerror (EPROTO)",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.raw(Dialect.P9P2000)
     conn.send_raw(frame(120, 1, u32(0)))
@@ -206,7 +255,9 @@ def _(ctx: Context) -> str:
     return conn.check_err(m.Tclunk(0), r, [errno.EINVAL])
 
 
-def _not_a_request(cid: str, mtype: int, title: str, dialects: frozenset[Dialect], body: bytes = b"") -> None:
+def _not_a_request(
+    cid: str, mtype: int, title: str, dialects: frozenset[Dialect], body: bytes = b""
+) -> None:
     @case(cid, "§2.7", title, dialects=dialects)
     def _(ctx: Context) -> str:
         conn = ctx.conn()
@@ -223,7 +274,9 @@ _not_a_request("frame.check7.reply-type", 25, "a reply type (odd number) is EOPN
 _not_a_request("frame.check7.tlerror", 6, "Tlerror (6) is never valid: EOPNOTSUPP", ALL)
 _not_a_request("frame.check7.terror", 106, "Terror (106) is never valid: EOPNOTSUPP", ALL)
 for _t, _n in ((112, "Topen"), (114, "Tcreate"), (124, "Tstat"), (126, "Twstat")):
-    _not_a_request(f"frame.check7.dotl-no-{_n.lower()}", _t, f"{_n} ({_t}) under .L is EOPNOTSUPP", DOTL)
+    _not_a_request(
+        f"frame.check7.dotl-no-{_n.lower()}", _t, f"{_n} ({_t}) under .L is EOPNOTSUPP", DOTL
+    )
 
 
 def _malformed(cid: str, mtype: int, body: bytes, title: str) -> None:
@@ -239,7 +292,9 @@ def _malformed(cid: str, mtype: int, body: bytes, title: str) -> None:
         return out + "; connection still usable"
 
 
-_malformed("frame.check8.too-short", 120, b"\x00\x00", "a body too short is EPROTO, connection stays")
+_malformed(
+    "frame.check8.too-short", 120, b"\x00\x00", "a body too short is EPROTO, connection stays"
+)
 _malformed("frame.check8.left-over", 120, u32(0) + b"xx", "bytes after the last field are EPROTO")
 _malformed("frame.check8.string-past-end", 110, u32(0) + u32(1) + b"\x01\x00" + b"\x64\x00abc",
            "a string running past the end is EPROTO")  # fmt: skip
@@ -265,7 +320,12 @@ def _(ctx: Context) -> str:
     return small.err(m.Treadlink(link), errno.EMSGSIZE)
 
 
-@case("frame.errors.rerror-before-version", "§2.8", "before negotiation errors use Rerror (9P2000 form)", dialects=ALL)
+@case(
+    "frame.errors.rerror-before-version",
+    "§2.8",
+    "before negotiation errors use Rerror (9P2000 form)",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.raw(Dialect.P9P2000)
     conn.send_raw(frame(110, 1, u32(0) + u32(1) + b"\x00\x00"))

@@ -9,7 +9,7 @@ from ...protocol import messages as m
 from ...protocol.constants import NOTAG
 from ..context import ROOT_FID, Conn, Context, describe
 from ..registry import ALL, DOTL, Failure, NotApplicable, case
-from ._util import expect, file_in_casedir, frame, u32
+from ._util import expect, file_in_casedir, frame
 
 
 def _pooled(ctx: Context, size: int = 400000) -> tuple[Conn, int]:
@@ -34,7 +34,9 @@ def _(ctx: Context) -> str:
     return conn.check_err(m.Tclunk(0), r, [errno.EINVAL])
 
 
-@case("tags.reuse-after-reply", "§3.4", "a tag may be reused once its reply has arrived", dialects=ALL)
+@case(
+    "tags.reuse-after-reply", "§3.4", "a tag may be reused once its reply has arrived", dialects=ALL
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -46,7 +48,12 @@ def _(ctx: Context) -> str:
     return "three requests under tag 42 answered"
 
 
-@case("tags.duplicate-pooled-closes", "§3.4", "reusing the tag of a running pooled request closes the connection", dialects=ALL)
+@case(
+    "tags.duplicate-pooled-closes",
+    "§3.4",
+    "reusing the tag of a running pooled request closes the connection",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn, f = _pooled(ctx, 1000000)
     # eight pooled reads keep the worker pool busy, so the last is still
@@ -59,12 +66,19 @@ def _(ctx: Context) -> str:
             _, r = conn.recv()
             replies.append(describe(r))
             if len(replies) == 9:
-                raise NotApplicable("every request was answered: the reads finished before the duplicate arrived")
+                raise NotApplicable(
+                    "every request was answered: the reads finished before the duplicate arrived"
+                )
     except ConnectionError:
         return f"connection closed after {len(replies)} replies"
 
 
-@case("concurrency.inline-order", "§3.5", "replies to inline requests come in request order", dialects=ALL)
+@case(
+    "concurrency.inline-order",
+    "§3.5",
+    "replies to inline requests come in request order",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     d = conn.casedir()
@@ -75,7 +89,12 @@ def _(ctx: Context) -> str:
     return f"tags {got[0]}..{got[-1]} in order"
 
 
-@case("concurrency.one-reply-each", "§3.5", "pipelined pooled and inline requests each get exactly one reply", dialects=ALL)
+@case(
+    "concurrency.one-reply-each",
+    "§3.5",
+    "pipelined pooled and inline requests each get exactly one reply",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn, f = _pooled(ctx)
     reqs = [m.Tread(f, 0, 300000), m.Tclunk(4242), m.Tread(f, 10, 100000), m.Twalk(f, 900, [])]
@@ -112,14 +131,21 @@ def _(ctx: Context) -> str:
 def _(ctx: Context) -> str:
     conn = ctx.conn()
     conn.send_raw(frame(108, NOTAG, (1).to_bytes(2, "little")))
-    tag, r = conn.recv()
+    _tag, r = conn.recv()
     return conn.check_err(m.Tflush(1), r, [errno.EINVAL])
 
 
-@case("flush.pending", "§3.6", "Tflush of a running request: its reply first, then Rflush", dialects=ALL)
+@case(
+    "flush.pending",
+    "§3.6",
+    "Tflush of a running request: its reply first, then Rflush",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn, f = _pooled(ctx, 1000000)
-    conn.send_raw(m.Tread(f, 0, 1000000).encode(61, ctx.dialect) + m.Tflush(61).encode(62, ctx.dialect))
+    conn.send_raw(
+        m.Tread(f, 0, 1000000).encode(61, ctx.dialect) + m.Tflush(61).encode(62, ctx.dialect)
+    )
     t1, r1 = conn.recv()
     t2, r2 = conn.recv()
     expect((t1, t2) == (61, 62), f"reply tags {t1}, {t2}")
@@ -127,7 +153,12 @@ def _(ctx: Context) -> str:
     return f"{describe(r1)} then Rflush"
 
 
-@case("flush.repeated", "§3.6", "two Tflush of one running request: reply, then both Rflush in order", dialects=ALL)
+@case(
+    "flush.repeated",
+    "§3.6",
+    "two Tflush of one running request: reply, then both Rflush in order",
+    dialects=ALL,
+)
 def _(ctx: Context) -> str:
     conn, f = _pooled(ctx, 1000000)
     conn.send_raw(
@@ -142,11 +173,13 @@ def _(ctx: Context) -> str:
 
 @case("flush.never-cancels", "§3.6", "a flushed write still takes effect", dialects=ALL)
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     conn.open(f, "rw")
-    conn.send_raw(m.Twrite(f, 0, b"kept").encode(81, ctx.dialect) + m.Tflush(81).encode(82, ctx.dialect))
-    t1, r1 = conn.recv()
-    t2, r2 = conn.recv()
+    conn.send_raw(
+        m.Twrite(f, 0, b"kept").encode(81, ctx.dialect) + m.Tflush(81).encode(82, ctx.dialect)
+    )
+    t1, _r1 = conn.recv()
+    t2, _r2 = conn.recv()
     expect((t1, t2) == (81, 82), f"reply tags {t1}, {t2}")
     r = conn.ok(m.Tread(f, 0, 10), m.Rread)
     assert isinstance(r, m.Rread)
@@ -169,7 +202,7 @@ def _(ctx: Context) -> str:
 
 @case("replysize.read-count", "§3.7", "Rread holds at most count bytes", dialects=ALL)
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx, b"q" * 1000)
+    conn, _d, f = file_in_casedir(ctx, b"q" * 1000)
     conn.open(f)
     r = conn.ok(m.Tread(f, 0, 17), m.Rread)
     assert isinstance(r, m.Rread)
@@ -194,7 +227,9 @@ def _(ctx: Context) -> str:
     return f"{len(r.data)} bytes for count 100; full page within 4085"
 
 
-@case("eoc.other-connections", "§3.8", "one connection ending does not affect another", dialects=ALL)
+@case(
+    "eoc.other-connections", "§3.8", "one connection ending does not affect another", dialects=ALL
+)
 def _(ctx: Context) -> str:
     a = ctx.conn()
     b = ctx.conn()
@@ -206,7 +241,7 @@ def _(ctx: Context) -> str:
 
 @case("eoc.locks-released", "§3.8", "the end of a connection releases its locks")
 def _(ctx: Context) -> str:
-    a, d, f = file_in_casedir(ctx, b"data")
+    a, _d, f = file_in_casedir(ctx, b"data")
     a.open(f, "rw")
     a.ok(m.Tlock(f, c.LOCK_TYPE_WRLCK, 0, 0, 0, 1, "a"), m.Rlock)
     b = ctx.conn()

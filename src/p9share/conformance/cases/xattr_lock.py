@@ -44,7 +44,7 @@ def _get(conn: Conn, fid: int, name: str) -> bytes:
 
 @case("xattrwalk.missing", "§5.26", "Txattrwalk of a missing attribute is ENODATA")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     return conn.err(m.Txattrwalk(f, conn.fid(), "user.p9conf-missing"), errno.ENODATA)
 
 
@@ -56,7 +56,7 @@ def _(ctx: Context) -> str:
 
 @case("xattrwalk.list", "§5.26", "an empty name lists the names, each NUL-terminated")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     r = _set(conn, f, NAME, b"v")
     expect(isinstance(r, m.Rclunk), f"set: {describe(r)}")
     data = _get(conn, f, "")
@@ -66,7 +66,7 @@ def _(ctx: Context) -> str:
 
 @case("xattrwalk.read-past-end", "§5.26", "reading an xattr fid past its size is empty")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     _set(conn, f, NAME, b"abc")
     x = conn.fid()
     conn.ok(m.Txattrwalk(f, x, NAME), m.Rxattrwalk)
@@ -78,7 +78,7 @@ def _(ctx: Context) -> str:
 
 @case("xattrwalk.clunk-only", "§5.26", "a client may Tclunk right after Txattrwalk (size only)")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     _set(conn, f, NAME, b"abcd")
     x = conn.fid()
     r = conn.ok(m.Txattrwalk(f, x, NAME), m.Rxattrwalk)
@@ -88,27 +88,29 @@ def _(ctx: Context) -> str:
     return "size 4, clunked"
 
 
-@case("xattrcreate.bad-flags", "§5.27", "Txattrcreate with a flag other than CREATE/REPLACE is EINVAL")
+@case(
+    "xattrcreate.bad-flags", "§5.27", "Txattrcreate with a flag other than CREATE/REPLACE is EINVAL"
+)
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     return conn.err(m.Txattrcreate(f, NAME, 1, 4), errno.EINVAL)
 
 
 @case("xattrcreate.too-big", "§5.27", "attr_size above 65536 is E2BIG")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     return conn.err(m.Txattrcreate(f, NAME, 65537, 0), errno.E2BIG)
 
 
 @case("xattrcreate.empty-name", "§5.27", "an empty name is EINVAL")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     return conn.err(m.Txattrcreate(f, "", 1, 0), errno.EINVAL)
 
 
 @case("xattrcreate.nothing-until-clunk", "§5.27", "nothing changes on the host before the clunk")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     x = conn.clone(f)
     conn.ok(m.Txattrcreate(x, NAME, 3, 0), m.Rxattrcreate)
     conn.ok(m.Twrite(x, 0, b"abc"), m.Rwrite)
@@ -120,7 +122,7 @@ def _(ctx: Context) -> str:
 
 @case("xattr.roundtrip", "§5.28", "a value set in two writes is read back")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     x = conn.clone(f)
     conn.ok(m.Txattrcreate(x, NAME, 6, 0), m.Rxattrcreate)
     conn.ok(m.Twrite(x, 0, b"abc"), m.Rwrite)
@@ -133,7 +135,7 @@ def _(ctx: Context) -> str:
 
 @case("xattr.out-of-order", "§5.28", "a Twrite at the wrong offset is EINVAL")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     x = conn.clone(f)
     conn.ok(m.Txattrcreate(x, NAME, 6, 0), m.Rxattrcreate)
     return conn.err(m.Twrite(x, 3, b"def"), errno.EINVAL)
@@ -141,15 +143,19 @@ def _(ctx: Context) -> str:
 
 @case("xattr.too-long", "§5.28", "writing past attr_size is EINVAL")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     x = conn.clone(f)
     conn.ok(m.Txattrcreate(x, NAME, 2, 0), m.Rxattrcreate)
     return conn.err(m.Twrite(x, 0, b"abc"), errno.EINVAL)
 
 
-@case("xattr.short-at-clunk", "§5.28", "a value shorter than attr_size fails at Tclunk (EINVAL), nothing set")
+@case(
+    "xattr.short-at-clunk",
+    "§5.28",
+    "a value shorter than attr_size fails at Tclunk (EINVAL), nothing set",
+)
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     x = conn.clone(f)
     conn.ok(m.Txattrcreate(x, NAME, 5, 0), m.Rxattrcreate)
     conn.ok(m.Twrite(x, 0, b"ab"), m.Rwrite)
@@ -160,7 +166,7 @@ def _(ctx: Context) -> str:
 
 @case("xattr.size-zero-removes", "§5.28", "attr_size 0 removes the attribute (§9.12)")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     _set(conn, f, NAME, b"v")
     r = _set(conn, f, NAME, b"")
     expect(isinstance(r, m.Rclunk), f"removal: {describe(r)}")
@@ -169,14 +175,14 @@ def _(ctx: Context) -> str:
 
 @case("xattr.remove-absent", "§5.28", "removing an absent attribute fails at Tclunk with ENODATA")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     r = _set(conn, f, NAME, b"")
     return conn.check_err(m.Tclunk(0), r, [errno.ENODATA])
 
 
 @case("xattr.create-exists", "§5.28", "XATTR_CREATE of an existing attribute is EEXIST at Tclunk")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     _set(conn, f, NAME, b"v")
     r = _set(conn, f, NAME, b"w", c.XATTR_CREATE)
     return conn.check_err(m.Tclunk(0), r, [errno.EEXIST])
@@ -184,7 +190,7 @@ def _(ctx: Context) -> str:
 
 @case("xattr.replace-missing", "§5.28", "XATTR_REPLACE of a missing attribute is ENODATA at Tclunk")
 def _(ctx: Context) -> str:
-    conn, d, f = file_in_casedir(ctx)
+    conn, _d, f = file_in_casedir(ctx)
     r = _set(conn, f, NAME, b"w", c.XATTR_REPLACE)
     return conn.check_err(m.Tclunk(0), r, [errno.ENODATA])
 
@@ -200,7 +206,7 @@ def _(ctx: Context) -> str:
 
 
 def _two_opens(ctx: Context, mode: str = "rw") -> tuple[Conn, int, Conn, int]:
-    a, d, f = opened(ctx, b"0123456789", mode)
+    a, _d, f = opened(ctx, b"0123456789", mode)
     b = ctx.conn()
     g = b.walk(b.casedir(), "f")
     b.open(g, mode)
@@ -215,19 +221,19 @@ def _lock(conn: Conn, fid: int, typ: int, start: int = 0, length: int = 0, flags
 
 @case("lock.bad-type", "§5.29", "a lock type outside 0-2 is EINVAL")
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx)
+    conn, _d, f = opened(ctx)
     return conn.err(m.Tlock(f, 3, 0, 0, 0, 1, ""), errno.EINVAL)
 
 
 @case("lock.bad-flags", "§5.29", "lock flags other than BLOCK and RECLAIM are EINVAL")
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx)
+    conn, _d, f = opened(ctx)
     return conn.err(m.Tlock(f, 1, 4, 0, 0, 1, ""), errno.EINVAL)
 
 
 @case("lock.start-2-63", "§5.29", "a start of 2^63 or more is EINVAL")
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx)
+    conn, _d, f = opened(ctx)
     return conn.err(m.Tlock(f, 1, 0, 1 << 63, 0, 1, ""), errno.EINVAL)
 
 
@@ -261,13 +267,13 @@ def _(ctx: Context) -> str:
 
 @case("lock.read-on-write-only", "§5.29", "a read lock on a write-only open is EBADF (host)")
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx, b"x", "w")
+    conn, _d, f = opened(ctx, b"x", "w")
     return conn.err(m.Tlock(f, c.LOCK_TYPE_RDLCK, 0, 0, 0, 1, ""), errno.EBADF)
 
 
 @case("getlock.no-conflict", "§5.30", "no conflict: UNLCK with the request's own range")
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx)
+    conn, _d, f = opened(ctx)
     r = conn.ok(m.Tgetlock(f, c.LOCK_TYPE_WRLCK, 5, 10, 77, "me"), m.Rgetlock)
     assert isinstance(r, m.Rgetlock)
     expect((r.type, r.start, r.length) == (c.LOCK_TYPE_UNLCK, 5, 10), describe(r))
@@ -296,7 +302,7 @@ def _(ctx: Context) -> str:
 
 @case("getlock.bad-type", "§5.30", "a Tgetlock type outside 0-2 is EINVAL")
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx)
+    conn, _d, f = opened(ctx)
     return conn.err(m.Tgetlock(f, 7, 0, 0, 1, ""), errno.EINVAL)
 
 
@@ -311,14 +317,16 @@ def _(ctx: Context) -> str:
 
 @case("locks.same-fid", "§5.31", "locks through one open fid never conflict with each other")
 def _(ctx: Context) -> str:
-    conn, d, f = opened(ctx)
+    conn, _d, f = opened(ctx)
     _lock(conn, f, c.LOCK_TYPE_RDLCK)
     st = _lock(conn, f, c.LOCK_TYPE_WRLCK)
     expect(st == c.LOCK_SUCCESS, f"status {st}")
     return "read then write lock: SUCCESS"
 
 
-@case("locks.byte-ranges", "§5.31", "locks are exact byte ranges (§9.8): disjoint ranges both succeed")
+@case(
+    "locks.byte-ranges", "§5.31", "locks are exact byte ranges (§9.8): disjoint ranges both succeed"
+)
 def _(ctx: Context) -> str:
     a, f, b, g = _two_opens(ctx)
     _lock(a, f, c.LOCK_TYPE_WRLCK, 0, 5)
