@@ -891,6 +891,8 @@ class Session:
                 mode |= c.DMDEVICE
                 letter = "c" if kind == stat_mod.S_IFCHR else "b"
                 ext = f"{letter} {os.major(a.rdev)} {os.minor(a.rdev)}"
+            elif kind == stat_mod.S_IFREG:
+                ext = f"HARDLINKCOUNT {a.nlink}"  # the Linux .u client reads nlink from here
         return m.Stat(
             type=0, dev=0, qid=a.qid, mode=mode,
             atime=_u32_seconds(a.atime_ns), mtime=_u32_seconds(a.mtime_ns),
@@ -908,8 +910,8 @@ class Session:
             if (st.type != 0xFFFF or st.dev != 0xFFFFFFFF or st.qid.type != 0xFF
                     or st.qid.version != 0xFFFFFFFF or st.qid.path != 0xFFFFFFFFFFFFFFFF):  # fmt: skip
                 raise OSError(errno.EINVAL, "type, dev and qid cannot be changed")
-            if st.muid or st.extension:
-                raise OSError(errno.EINVAL, "muid and extension cannot be changed")
+            if st.extension:  # muid is ignored: Linux's .u client fills it in
+                raise OSError(errno.EINVAL, "the extension cannot be changed")
             changes = SetAttr()
             name = st.name if st.name and st.name != (f.path.rsplit("/", 1)[-1] or "/") else ""
             if st.mode != 0xFFFFFFFF:

@@ -121,10 +121,10 @@ def _(ctx: Context) -> str:
     return "length 0"
 
 
-@case("open.bad-mode", "§6.4", "an unknown mode bit (0x80) is EINVAL", dialects=CLASSIC)
+@case("open.bad-mode", "§6.4", "an unknown mode bit (0x08) is EINVAL", dialects=CLASSIC)
 def _(ctx: Context) -> str:
     conn, _d, f = _file(ctx)
-    return conn.err(m.Topen(f, 0x80), errno.EINVAL)
+    return conn.err(m.Topen(f, 0x08), errno.EINVAL)
 
 
 @case("open.dir-write", "§6.4", "a directory opened for writing is EISDIR", dialects=CLASSIC)
@@ -488,3 +488,13 @@ def _(ctx: Context) -> str:
     if isinstance(r, m.Rread) and len(r.data) == 0:
         raise NotApplicable("the server answers an empty read (end) instead of an error")
     return conn.check_err(m.Tread(f, 0, 20), r, [errno.EINVAL])
+
+
+@case("open.oappend", "§6.4", "OAPPEND (0x80, Linux's .u client) writes at the end", dialects=CLASSIC)
+def _(ctx: Context) -> str:
+    conn, d, f = _file(ctx, b"0123")
+    conn.ok(m.Topen(f, c.OWRITE | c.OAPPEND), m.Ropen)
+    conn.ok(m.Twrite(f, 0, b"ab"), m.Rwrite)
+    st = stat_of(conn, f)
+    expect(st.length == 6, f"length {st.length}")
+    return "length 6 after a write at offset 0"
