@@ -490,11 +490,42 @@ def _(ctx: Context) -> str:
     return conn.check_err(m.Tread(f, 0, 20), r, [errno.EINVAL])
 
 
-@case("open.oappend", "§6.4", "OAPPEND (0x80, Linux's .u client) writes at the end", dialects=CLASSIC)
+@case(
+    "open.oappend", "§6.4", "OAPPEND (0x80, Linux's .u client) writes at the end", dialects=CLASSIC
+)
 def _(ctx: Context) -> str:
-    conn, d, f = _file(ctx, b"0123")
+    conn, _d, f = _file(ctx, b"0123")
     conn.ok(m.Topen(f, c.OWRITE | c.OAPPEND), m.Ropen)
     conn.ok(m.Twrite(f, 0, b"ab"), m.Rwrite)
     st = stat_of(conn, f)
     expect(st.length == 6, f"length {st.length}")
     return "length 6 after a write at offset 0"
+
+
+@case("open.symlink", "§6.4", ".u: Topen of a symbolic link is ELOOP", dialects=DOTU)
+def _(ctx: Context) -> str:
+    conn = ctx.conn()
+    d = conn.casedir()
+    conn.symlink(d, "l", "target")
+    return conn.err(m.Topen(conn.walk(d, "l"), c.OREAD), errno.ELOOP)
+
+
+@case("wstat.root-name", "§6.6", "Twstat renaming the export root is EBUSY", dialects=CLASSIC)
+def _(ctx: Context) -> str:
+    conn = ctx.conn()
+    return conn.err(m.Twstat(conn.clone(ROOT_FID), blank_stat(name="elsewhere")), errno.EBUSY)
+
+
+@case(
+    "wstat.readonly",
+    "§6.6",
+    "Twstat changing a file on a read-only export is EROFS",
+    dialects=CLASSIC,
+)
+def _(ctx: Context) -> str:
+    rw, _d, f = _file(ctx, b"abc")
+    ro = ctx.ro_conn()
+    rf = ro.walk(ctx.casedir(ro), "f")
+    out = ro.err(m.Twstat(rf, blank_stat(length=0)), errno.EROFS)
+    expect(stat_of(rw, f).length == 3, "truncated anyway")
+    return out
