@@ -18,9 +18,10 @@ import sys
 from collections.abc import Sequence
 
 from .audit import AuditLog
+from .conformance import cli as conformance_cli
 from .policy import Export, Policy
 from .policy.config import Config, ConfigError, Listener, load_config
-from .protocol.constants import DEFAULT_MAX_MSIZE, MIN_MSIZE, Dialect
+from .protocol.constants import DEFAULT_MAX_MSIZE, MIN_MSIZE
 from .server.limits import Limits
 from .server.transport import Address, AddressError, TlsSettings, parse_address
 
@@ -212,8 +213,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"cannot open audit log {e.filename}: {e.strerror}") from None
     try:
-        server = Server(policy, msize=msize, dialects=frozenset({Dialect.P9P2000L}),
-                        limits=limits, audit=audit, auth_required=cfg.auth_required)  # fmt: skip
+        server = Server(
+            policy, msize=msize, limits=limits, audit=audit, auth_required=cfg.auth_required
+        )
     except OSError as e:
         audit.close()
         raise UsageError(f"cannot open export: {e.filename or ''} {e.strerror}".strip()) from None
@@ -310,6 +312,7 @@ def make_parser() -> argparse.ArgumentParser:
     kg.add_argument("--id", metavar="NAME", help="key id (default: this host's name)")
     kg.add_argument("-o", "--output", metavar="FILE", help="write the key file (mode 0600)")
     kg.set_defaults(func=cmd_keygen)
+    conformance_cli.add_command(sub)
     return p
 
 

@@ -52,7 +52,7 @@ def test_version_negotiation(live: LiveServer) -> None:
     assert cl.version(10_000_000).msize == 1024 * 1024 + 24
     assert cl.version(8192).msize == 8192
     r = cl.version(8192, "9P2000.x")
-    assert r.version == "unknown"  # only .L is served by default
+    assert r.version == "9P2000"  # 9P2000.<anything> is 9P2000, served by default (§9.17)
     r = cl.version(1000, "9P2000.L")
     assert r.version == "unknown"  # msize below 4096
     cl.close()

@@ -151,6 +151,7 @@ OTRUNC = 0x10
 OCEXEC = 0x20
 ORCLOSE = 0x40
 OEXCL = 0x04  # QEMU's value; Linux's 0x1000 does not fit mode[1]
+OAPPEND = 0x80  # Linux's P9_OAPPEND, sent by its 9P2000.u client for O_APPEND
 
 # 9P2000.L open flags (Tlopen, Tlcreate). Octal, as in the Linux client.
 L_O_RDONLY = 0o0

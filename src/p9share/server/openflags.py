@@ -69,7 +69,9 @@ def classic_to_host(mode: int) -> int:
     ]
     if mode & c.OTRUNC:
         host |= os.O_TRUNC
-    if mode & ~(3 | c.OTRUNC | c.ORCLOSE | c.OCEXEC | c.OEXCL):
+    if mode & c.OAPPEND:
+        host |= os.O_APPEND
+    if mode & ~(3 | c.OTRUNC | c.ORCLOSE | c.OCEXEC | c.OEXCL | c.OAPPEND):
         raise OSError(errno.EINVAL, f"unknown open mode bits {mode:#x}")
     return host
 

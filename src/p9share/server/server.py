@@ -73,7 +73,7 @@ class Server:
         policy: Policy,
         *,
         msize: int = DEFAULT_MAX_MSIZE,
-        dialects: frozenset[Dialect] = frozenset({Dialect.P9P2000L}),
+        dialects: frozenset[Dialect] = frozenset(Dialect),
         backend_factory: BackendFactory = host_backend,
         workers: int = 4,
         dispatch: str = "hybrid",
