@@ -15,9 +15,11 @@ class ConnectionLost(ConnectionError):
     on it fails with this."""
 
 
-def remote_error(err: int, path: str | None = None, path2: str | None = None) -> OSError:
+def remote_error(
+    err: int, path: str | None = None, path2: str | None = None, text: str | None = None
+) -> OSError:
     """OSError(errno, strerror, path) picks the matching subclass itself."""
-    text = os.strerror(err) if err else "Unknown error"
+    text = text or (os.strerror(err) if err else "Unknown error")
     if path2 is not None:
         return OSError(err, text, path, None, path2)
     if path is not None:
@@ -35,7 +37,9 @@ def reply_error(reply: m.Message) -> OSError | None:
 
 
 def with_path(e: OSError, path: str, path2: str | None = None) -> OSError:
-    """The same error naming path (and path2)."""
-    if e.errno is None:
+    """The same error naming path (and path2), the first paths given winning."""
+    if e.errno is None or isinstance(e, ConnectionLost):
         return e
-    return remote_error(e.errno, path, path2) if not e.filename else e
+    if e.filename is not None and (path2 is None or e.filename2 is not None):
+        return e
+    return remote_error(e.errno, path, path2, e.strerror)
