@@ -252,6 +252,9 @@ def make_parser() -> argparse.ArgumentParser:
     kg.add_argument("--id", metavar="NAME", help="key id (default: this host's name)")
     kg.add_argument("-o", "--output", metavar="FILE", help="write the key file (mode 0600)")
     kg.set_defaults(func=cmd_keygen)
+    from .client_cli import add_commands  # ls, stat, cat, get, put, rm, mkdir, mv
+
+    add_commands(sub)
     return p
 
 

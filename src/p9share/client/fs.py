@@ -24,7 +24,7 @@ from ..protocol.messages import Rgetattr
 from ..protocol.wire import Qid
 from ..security.auth import Key
 from .aio import DEFAULT_MSIZE, Client
-from .errors import remote_error, with_path
+from .errors import ConnectionLost, remote_error, with_path
 
 MAX_SYMLINKS = 40
 _UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS)
@@ -308,7 +308,12 @@ class AsyncFS:
         names = split_path(path)
         if not names:
             raise remote_error(errno.EBUSY, path)  # the root has no parent entry
-        fid, _, _ = await self.walk_fid(join_path(names[:-1]))
+        try:
+            fid, _, _ = await self.walk_fid(join_path(names[:-1]))
+        except OSError as e:  # name the path asked about, as os.mkdir("/a/b/c") does
+            if e.errno is None or isinstance(e, ConnectionLost):
+                raise
+            raise remote_error(e.errno, path, None, e.strerror) from None
         return fid, names[-1]
 
     # ------------------------------------------------------- attributes --
