@@ -195,6 +195,7 @@ def test_many_threads_share_one_connection(fs: FS, target: Target) -> None:
     for t in threads:
         t.join(10)
     assert results == {i: bytes([i]) * 50_000 for i in range(8)}
+    fs.call(fs.aio.client.quiesce())
     assert len(fs.aio.client.fids) == 1  # only the root is left: nothing leaked
 
 

@@ -252,7 +252,7 @@ class Client:
         if orphan.newfid is None:
             return
         if _created_fid(orphan.msg, reply):
-            self._spawn(self.clunk(orphan.newfid))
+            self.clunk_soon(orphan.newfid)
         else:
             self.fids.release(orphan.newfid)
 
@@ -417,6 +417,26 @@ class Client:
             pass
         finally:
             self.fids.release(fid)
+
+    async def quiesce(self) -> None:
+        """Wait for background work (clunk_soon, flushes) to finish."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def clunk_soon(self, fid: int) -> None:
+        """Clunk fid without waiting for the reply (for fids only walked to
+        look at something): saves a round trip; the number is reused only
+        after the Rclunk."""
+        if self._error is not None:
+            self.fids.release(fid)
+            return
+        self._spawn(self._quiet_clunk(fid))
+
+    async def _quiet_clunk(self, fid: int) -> None:
+        try:
+            await self.clunk(fid)
+        except OSError:
+            pass  # the server refused to clunk a fid it has: nothing we can do
 
     async def remove(self, fid: int) -> None:
         """Tremove: remove the file and clunk fid (freed either way)."""

@@ -271,6 +271,7 @@ class AsyncFS:
 
     async def close(self) -> None:
         if not self.client.closed:
+            await asyncio.wait_for(self.client.quiesce(), 5)
             await self.client.clunk(self.root)
         await self.client.close()
 
@@ -296,7 +297,7 @@ class AsyncFS:
             try:
                 target = await self.client.readlink(fid)
             finally:
-                await self.client.clunk(fid)
+                self.client.clunk_soon(fid)
             if target.startswith("/"):
                 names = split_path(target)
             else:
@@ -324,7 +325,23 @@ class AsyncFS:
         except OSError as e:
             raise with_path(e, path) from None
         finally:
-            await self.client.clunk(fid)
+            self.client.clunk_soon(fid)
+
+    async def stat_many(
+        self, paths: list[str], *, follow_symlinks: bool = True
+    ) -> list[os.stat_result | OSError]:
+        """stat of many paths at once (all in flight together); a path that
+        fails gives its OSError in place of a result."""
+
+        async def one(p: str) -> os.stat_result | OSError:
+            try:
+                return await self.stat(p, follow_symlinks=follow_symlinks)
+            except OSError as e:
+                if isinstance(e, ConnectionLost):
+                    raise
+                return e
+
+        return list(await asyncio.gather(*(one(p) for p in paths)))
 
     async def lstat(self, path: str) -> os.stat_result:
         return await self.stat(path, follow_symlinks=False)
@@ -355,7 +372,7 @@ class AsyncFS:
         except OSError as e:
             raise with_path(e, path) from None
         finally:
-            await self.client.clunk(fid)
+            self.client.clunk_soon(fid)
 
     async def chmod(self, path: str, mode: int, *, follow_symlinks: bool = True) -> None:
         await self._setattr(path, follow_symlinks, c.SetattrValid.MODE, mode=mode)
@@ -398,7 +415,7 @@ class AsyncFS:
         except OSError as e:
             raise with_path(e, path) from None
         finally:
-            await self.client.clunk(fid)
+            self.client.clunk_soon(fid)
         return os.statvfs_result(
             (r.bsize, r.bsize, r.blocks, r.bfree, r.bavail, r.files, r.ffree, r.ffree, 0,
              r.namelen, r.fsid)
@@ -426,7 +443,7 @@ class AsyncFS:
         except OSError as e:
             raise with_path(e, path) from None
         finally:
-            await self.client.clunk(fid)
+            self.client.clunk_soon(fid)
         return entries
 
     async def listdir(self, path: str = "/") -> list[str]:
@@ -457,10 +474,12 @@ class AsyncFS:
         except OSError as e:
             raise with_path(e, path) from None
         finally:
-            await self.client.clunk(dfid)
+            self.client.clunk_soon(dfid)
 
     async def makedirs(self, path: str, mode: int = 0o777, exist_ok: bool = False) -> None:
         names = split_path(path)
+        if exist_ok and await self.isdir(path):
+            return  # the common case, in one stat
         for i in range(1, len(names) + 1):
             sub = join_path(names[:i])
             try:
@@ -483,7 +502,7 @@ class AsyncFS:
         else:
             return
         finally:
-            await self.client.clunk(dfid)
+            self.client.clunk_soon(dfid)
         await self._remove_fallback(path, flags)
 
     async def _remove_fallback(self, path: str, flags: int) -> None:
@@ -491,7 +510,7 @@ class AsyncFS:
         fid, qid, _ = await self.walk_fid(path)
         is_dir = bool(qid.type & c.QidType.DIR)
         if is_dir != bool(flags & c.AT_REMOVEDIR):
-            await self.client.clunk(fid)
+            self.client.clunk_soon(fid)
             raise remote_error(errno.ENOTDIR if not is_dir else errno.EISDIR, path)
         try:
             await self.client.remove(fid)
@@ -512,11 +531,14 @@ class AsyncFS:
         if not stat_mod.S_ISDIR(st.st_mode):
             await self.remove(path)
             return
-        for e in await self.scandir(path):
-            if e.d_type == c.DT_DIR:
-                await self.rmtree(e.path)
-            else:
-                await self.remove(e.path)
+        entries = await self.scandir(path)
+        for i in range(0, len(entries), 32):  # removals in flight together
+            await asyncio.gather(
+                *(
+                    self.rmtree(e.path) if e.d_type == c.DT_DIR else self.remove(e.path)
+                    for e in entries[i : i + 32]
+                )
+            )
         await self.rmdir(path)
 
     async def rename(self, src: str, dst: str) -> None:
@@ -531,11 +553,11 @@ class AsyncFS:
                         raise
                     await self._rename_fallback(src, dfid, dname)
             finally:
-                await self.client.clunk(dfid)
+                self.client.clunk_soon(dfid)
         except OSError as e:
             raise with_path(e, src, dst) from None
         finally:
-            await self.client.clunk(sfid)
+            self.client.clunk_soon(sfid)
 
     async def _rename_fallback(self, src: str, dfid: int, dname: str) -> None:
         """Trename, for servers without Trenameat (diod)."""
@@ -543,7 +565,7 @@ class AsyncFS:
         try:
             await self.client.rename(fid, dfid, dname)
         finally:
-            await self.client.clunk(fid)
+            self.client.clunk_soon(fid)
 
     replace = rename
 
@@ -556,7 +578,7 @@ class AsyncFS:
         except OSError as e:
             raise with_path(e, path) from None
         finally:
-            await self.client.clunk(dfid)
+            self.client.clunk_soon(dfid)
 
     async def readlink(self, path: str) -> str:
         fid, _, _ = await self.walk_fid(path)
@@ -565,7 +587,7 @@ class AsyncFS:
         except OSError as e:
             raise with_path(e, path) from None
         finally:
-            await self.client.clunk(fid)
+            self.client.clunk_soon(fid)
 
     async def link(self, src: str, dst: str) -> None:
         """Make dst a hard link to src."""
@@ -575,11 +597,11 @@ class AsyncFS:
             try:
                 await self.client.link(dfid, fid, name)
             finally:
-                await self.client.clunk(dfid)
+                self.client.clunk_soon(dfid)
         except OSError as e:
             raise with_path(e, src, dst) from None
         finally:
-            await self.client.clunk(fid)
+            self.client.clunk_soon(fid)
 
     async def mknod(self, path: str, mode: int = 0o600 | stat_mod.S_IFREG, device: int = 0) -> None:
         dfid, name = await self._parent(path)
@@ -588,7 +610,7 @@ class AsyncFS:
         except OSError as e:
             raise with_path(e, path) from None
         finally:
-            await self.client.clunk(dfid)
+            self.client.clunk_soon(dfid)
 
     # -------------------------------------------------------------- xattrs --
     async def getxattr(self, path: str, name: str, *, follow_symlinks: bool = True) -> bytes:
@@ -598,14 +620,14 @@ class AsyncFS:
         except OSError as e:
             raise with_path(e, path) from None
         finally:
-            await self.client.clunk(fid)
+            self.client.clunk_soon(fid)
 
     async def _read_xattr(self, fid: int, name: str) -> bytes:
         xfid, size = await self.client.xattrwalk(fid, name)
         try:
             data = await self.client.pread(xfid, 0, size) if size else b""
         finally:
-            await self.client.clunk(xfid)
+            self.client.clunk_soon(xfid)
         return data
 
     async def listxattr(self, path: str, *, follow_symlinks: bool = True) -> list[str]:
@@ -615,7 +637,7 @@ class AsyncFS:
         except OSError as e:
             raise with_path(e, path) from None
         finally:
-            await self.client.clunk(fid)
+            self.client.clunk_soon(fid)
         return [n for n in data.decode("utf-8", "surrogateescape").split("\0") if n]
 
     async def setxattr(
@@ -630,7 +652,7 @@ class AsyncFS:
                 if n != len(value):
                     raise remote_error(errno.EIO, path)
         except OSError as e:
-            await self.client.clunk(fid)
+            self.client.clunk_soon(fid)
             raise with_path(e, path) from None
         try:
             await self.client.clunk(fid)  # the clunk commits the value
@@ -656,12 +678,12 @@ class AsyncFS:
                 raise
             return await self._create(path, om, flags, perm)
         if qid.type & c.QidType.DIR and om.writable:
-            await self.client.clunk(fid)
+            self.client.clunk_soon(fid)
             raise remote_error(errno.EISDIR, path)
         try:
             _, iounit = await self.client.lopen(fid, flags)
         except OSError as e:
-            await self.client.clunk(fid)
+            self.client.clunk_soon(fid)
             raise with_path(e, path) from None
         return AsyncFile(self, fid, real, om, iounit)
 
@@ -670,7 +692,7 @@ class AsyncFS:
         try:
             _, iounit = await self.client.lcreate(fid, name, flags | c.L_O_CREAT, perm, self.gid)
         except OSError as e:
-            await self.client.clunk(fid)
+            self.client.clunk_soon(fid)
             raise with_path(e, path) from None
         return AsyncFile(self, fid, join_path(split_path(path)), om, iounit)
 

@@ -157,6 +157,12 @@ class FS:
     def stat(self, path: str, *, follow_symlinks: bool = True) -> os.stat_result:
         return self.call(self.aio.stat(path, follow_symlinks=follow_symlinks))
 
+    def stat_many(
+        self, paths: list[str], *, follow_symlinks: bool = True
+    ) -> list[os.stat_result | OSError]:
+        """See AsyncFS.stat_many: one round trip's latency for many paths."""
+        return self.call(self.aio.stat_many(paths, follow_symlinks=follow_symlinks))
+
     def lstat(self, path: str) -> os.stat_result:
         return self.call(self.aio.lstat(path))
 
