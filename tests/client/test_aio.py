@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -273,3 +274,40 @@ def test_attach_sends_the_user_and_nofid() -> None:
         assert qid == ROOT_QID and fid == r.msg.fid
 
     scripted(body)
+
+
+def test_blocking_call_timeout_flushes_the_request() -> None:
+    """The blocking API's timeout cancels the call on the client loop: a
+    Tflush goes out for the request the server never answered."""
+    from p9share.client.sync import FS, LoopThread
+
+    server_loop = LoopThread("scripted-server")
+    srv = server_loop.run(ScriptedServer().start())
+
+    async def answer_attach() -> None:
+        r = await srv.next()
+        assert isinstance(r.msg, m.Tattach)
+        srv.reply(r.tag, m.Rattach(ROOT_QID))
+
+    attach = asyncio.run_coroutine_threadsafe(answer_attach(), server_loop.loop)
+    fs = FS.connect(srv.address, timeout=5)
+    attach.result(5)
+    fs.timeout = 0.2
+    try:
+        with pytest.raises(TimeoutError):
+            fs.stat("/")  # a Twalk the server never answers
+        walk = server_loop.run(srv.next())
+        flush = server_loop.run(srv.next())
+        assert isinstance(walk.msg, m.Twalk)
+        assert isinstance(flush.msg, m.Tflush) and flush.msg.oldtag == walk.tag
+        server_loop.loop.call_soon_threadsafe(srv.reply, flush.tag, m.Rflush())
+        server_loop.loop.call_soon_threadsafe(srv.drop)  # close() has nothing left to clunk
+        for _ in range(100):
+            if fs.aio.client.closed:
+                break
+            time.sleep(0.01)
+        assert fs.aio.client.closed
+    finally:
+        fs.close()
+        server_loop.run(srv.close())
+        server_loop.stop()

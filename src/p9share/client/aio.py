@@ -191,8 +191,10 @@ class Client:
         if self._error is None:
             self._fail(ConnectionLost(f"connection to {self.address} was closed by the client"))
         self._reader_task.cancel()
-        for t in list(self._background):
+        background = list(self._background)
+        for t in background:
             t.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         self._writer.close()
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()

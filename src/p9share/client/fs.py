@@ -11,6 +11,7 @@ Errors are OSError subclasses with the server's errno and the path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import posixpath
@@ -270,10 +271,16 @@ class AsyncFS:
         return cls(client, fid, qid)
 
     async def close(self) -> None:
-        if not self.client.closed:
-            await asyncio.wait_for(self.client.quiesce(), 5)
-            await self.client.clunk(self.root)
-        await self.client.close()
+        """Clunk the root and close; a server that stops answering delays
+        this by at most a few seconds."""
+        try:
+            if not self.client.closed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.client.quiesce(), 2)
+                with contextlib.suppress(OSError, TimeoutError):
+                    await asyncio.wait_for(self.client.clunk(self.root), 2)
+        finally:
+            await self.client.close()
 
     async def __aenter__(self) -> AsyncFS:
         return self
