@@ -85,6 +85,9 @@ class ClientConnection:
         return tag
 
     def release_tag(self, tag: int) -> None:
+        """Free tag, unless a Tflush of it is outstanding (finish_flush frees it)."""
+        if tag in self._flushing.values():
+            return
         if tag in self._in_use:
             self._in_use.discard(tag)
             heapq.heappush(self._free, tag)
@@ -99,7 +102,9 @@ class ClientConnection:
     def finish_flush(self, flush_tag: int) -> int | None:
         """Release the flush tag and the tag it flushed; return the latter."""
         old = self._flushing.pop(flush_tag, None)
-        self.release_tag(flush_tag)
+        if flush_tag in self._in_use:
+            self._in_use.discard(flush_tag)
+            heapq.heappush(self._free, flush_tag)
         if old is not None:
             self.release_tag(old)
         return old
