@@ -313,6 +313,9 @@ def make_parser() -> argparse.ArgumentParser:
     kg.add_argument("-o", "--output", metavar="FILE", help="write the key file (mode 0600)")
     kg.set_defaults(func=cmd_keygen)
     conformance_cli.add_command(sub)
+    from .client_cli import add_commands  # ls, stat, cat, get, put, rm, mkdir, mv
+
+    add_commands(sub)
     return p
 
 
