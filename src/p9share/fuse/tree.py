@@ -296,7 +296,11 @@ class RemoteTree:
         inode.fid, inode.gen = fid, gen
         return fid
 
-    async def _handle_fid(self, client: Client, gen: int, h: Handle) -> int:
+    async def _handle_fid(
+        self, client: Client, gen: int, h: Handle, open_flags: int | None = None
+    ) -> int:
+        """h's opened fid in session gen: opened with open_flags the first
+        time, reopened with h.flags after a reconnect."""
         if h.stale:
             raise stale(h.inode.path)
         if h.fid is not None and h.gen == gen:
@@ -304,7 +308,7 @@ class RemoteTree:
         ifid = await self._inode_fid(client, gen, h.inode)
         fid, _ = await client.walk(ifid, [])
         try:
-            qid, iounit = await client.lopen(fid, h.flags)
+            qid, iounit = await client.lopen(fid, h.flags if open_flags is None else open_flags)
         except ConnectionLost:
             raise
         except OSError:
@@ -322,15 +326,16 @@ class RemoteTree:
         h.dir_buf = []
         return fid
 
-    def _remember(self, client: Client, gen: int, path: str, fid: int, attr: m.Rgetattr,
-                  lookups: int = 1) -> Inode:  # fmt: skip
-        """Record that path (walked to fid) is attr.qid's file; fid is kept or clunked."""
+    def _remember(self, client: Client, gen: int, path: str, fid: int | None,
+                  attr: m.Rgetattr, lookups: int = 1) -> Inode:  # fmt: skip
+        """Record that path (walked to fid, if given) is attr.qid's file; fid
+        is kept or clunked."""
         ino = self._ino(attr.qid.path)
         inode = self.inodes.get(ino)
         if inode is None:
             inode = Inode(ino, attr.qid.path, path, fid=fid, gen=gen)
             self.inodes[ino] = inode
-        else:
+        elif fid is not None:
             if inode.fid is not None and inode.gen == gen:
                 client.clunk_soon(fid)
             else:
@@ -367,10 +372,7 @@ class RemoteTree:
         except BaseException:
             client.clunk_soon(fid)
             raise
-        path = posixpath.normpath(posixpath.join(parent.path, name))
-        if path.startswith("//"):
-            path = path[1:]
-        return self._remember(client, gen, path, fid, attr, lookups), attr
+        return self._remember(client, gen, child_path(parent.path, name), fid, attr, lookups), attr
 
     # ------------------------------------------------------ operations --
     async def lookup(self, parent_ino: int, name: str) -> tuple[Inode, m.Rgetattr]:
@@ -513,8 +515,10 @@ class RemoteTree:
             self._check_writable()
         inode = self.inode(ino)
         h = self._new_handle(inode, flags, is_dir)
+        # libfuse asks for atomic O_TRUNC: it comes here, applied on this first open only.
+        first = flags | c.L_O_TRUNC if os_flags & os.O_TRUNC and not is_dir else flags
         try:
-            await self.run(lambda cl, g: self._handle_fid(cl, g, h))
+            await self.run(lambda cl, g: self._handle_fid(cl, g, h, first))
         except BaseException:
             del self.handles[h.fh]
             raise
@@ -539,10 +543,12 @@ class RemoteTree:
                 client.clunk_soon(fid)
                 raise
             try:
-                inode, attr = await self._walk_entry(client, gen, parent, name)
+                attr = await client.getattr(fid)
             except BaseException:
                 client.clunk_soon(fid)
                 raise
+            # The inode's own fid is walked when first needed (often never).
+            inode = self._remember(client, gen, child_path(parent.path, name), None, attr)
             h = self._new_handle(inode, flags, False)
             h.fid, h.gen, h.iounit = fid, gen, iounit
             return h, inode, attr
@@ -680,6 +686,11 @@ class RemoteTree:
 
     async def removexattr(self, ino: int, name: str) -> None:
         await self.setxattr(ino, name, b"", c.XATTR_REPLACE)
+
+
+def child_path(parent: str, name: str) -> str:
+    path = posixpath.normpath(posixpath.join(parent, name))
+    return path[1:] if path.startswith("//") else path
 
 
 def split(path: str) -> list[str]:
