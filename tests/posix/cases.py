@@ -356,7 +356,9 @@ def _lock_contention(d: Path, kind: str) -> None:
         fd = os.open(f, os.O_RDWR)
         try:
             if kind == "fcntl":
-                expect_errno(errno.EAGAIN, lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 2))
+                expect_errno(
+                    errno.EAGAIN, lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 2)
+                )
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 50)  # a free range
             else:
                 expect_errno(errno.EAGAIN, lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB))
@@ -413,7 +415,7 @@ def case_xattr_empty_value(d: Path) -> None:
 def case_statvfs(d: Path) -> None:
     s = os.statvfs(d)
     assert s.f_bsize > 0 and s.f_frsize > 0
-    assert 0 < s.f_blocks and s.f_bavail <= s.f_bfree <= s.f_blocks, s
+    assert s.f_blocks > 0 and s.f_bavail <= s.f_bfree <= s.f_blocks, s
     assert s.f_namemax >= 255
 
 
