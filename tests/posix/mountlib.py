@@ -148,6 +148,8 @@ class Mount:
 class FuseSetup:
     """A temp dir with export/, the server's socket and a mountpoint mnt/."""
 
+    unavailable = staticmethod(fuse_available)
+
     def __init__(self, *mount_args: str) -> None:
         reason = fuse_available()
         if reason:

@@ -78,6 +78,7 @@ class Inode:
     ino: int
     qid_path: int
     path: str  # from the export root; "/" is the root
+    btime_ns: int = 0  # birth time, when the server knows it: qid.path may be reused
     lookups: int = 0
     pins: int = 0  # in-flight readdir batches holding it
     fid: int | None = None
@@ -286,10 +287,19 @@ class RemoteTree:
             inode.stale = True
             raise stale(inode.path) from None
         qpath = qids[-1].path if qids else self.root_qid_path
+        same = qpath == inode.qid_path
+        if same and inode.btime_ns and inode.gen != gen:
+            # After a reconnect: the host may have reused the inode number
+            # for another file; the birth time tells them apart.
+            try:
+                same = birth_ns(await client.getattr(fid)) in (0, inode.btime_ns)
+            except BaseException:
+                client.clunk_soon(fid)
+                raise
         if inode.fid is not None and inode.gen == gen:
             client.clunk_soon(fid)  # a concurrent request walked it first
             return inode.fid
-        if qpath != inode.qid_path:
+        if not same:
             client.clunk_soon(fid)
             inode.stale = True
             raise stale(inode.path)
@@ -335,14 +345,16 @@ class RemoteTree:
         if inode is None:
             inode = Inode(ino, attr.qid.path, path, fid=fid, gen=gen)
             self.inodes[ino] = inode
-        elif fid is not None:
-            if inode.fid is not None and inode.gen == gen:
-                client.clunk_soon(fid)
-            else:
-                inode.fid, inode.gen = fid, gen
+        else:
+            if fid is not None:
+                if inode.fid is not None and inode.gen == gen:
+                    client.clunk_soon(fid)
+                else:
+                    inode.fid, inode.gen = fid, gen
             inode.stale = False
             if ino != ROOT_INO:
                 inode.path = path
+        inode.btime_ns = birth_ns(attr) or inode.btime_ns
         inode.lookups += lookups
         return inode
 
@@ -686,6 +698,10 @@ class RemoteTree:
 
     async def removexattr(self, ino: int, name: str) -> None:
         await self.setxattr(ino, name, b"", c.XATTR_REPLACE)
+
+
+def birth_ns(a: m.Rgetattr) -> int:
+    return a.btime_sec * 10**9 + a.btime_nsec if a.valid & c.GetattrMask.BTIME else 0
 
 
 def child_path(parent: str, name: str) -> str:
