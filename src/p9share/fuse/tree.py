@@ -619,8 +619,15 @@ class RemoteTree:
                 if not ents:
                     return []
                 batch = ents[:READDIR_BATCH]
-                out = await asyncio.gather(*(self._resolve(client, gen, h.inode, d) for d in batch))
-                found = [e for e in out if e is not None]
+                out = await asyncio.gather(
+                    *(self._resolve(client, gen, h.inode, d) for d in batch),
+                    return_exceptions=True,
+                )
+                found = [e for e in out if isinstance(e, DirEntryAttr)]
+                failed = [e for e in out if isinstance(e, BaseException)]
+                if failed:
+                    self.readdir_done(found, 0)  # unpin what was resolved
+                    raise failed[0]
                 if found:
                     return found
                 pos = batch[-1].offset  # all vanished or were . and ..: go on
