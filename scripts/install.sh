@@ -18,6 +18,16 @@ if [ $want_test = 1 ]; then
   [ -x /bin/busybox ] && ldd /bin/busybox 2>&1 | grep -q "not a dynamic" || apt_pkgs+=(busybox-static)
   need xz xz-utils
   need setfattr attr
+  # the FUSE mount (`p9share mount`, the [fuse] extra in [test]): pyfuse3 builds on libfuse3
+  need fusermount3 fuse3
+  pkg-config --exists fuse3 2>/dev/null || apt_pkgs+=(libfuse3-dev pkg-config)
+  python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+    || apt_pkgs+=(python3-dev)
+  # the real-tool runs on the mount (tests/posix/test_real_tools.py)
+  need rsync rsync
+  need git git
+  need make make
+  need tar tar
 fi
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

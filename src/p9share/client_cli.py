@@ -8,6 +8,7 @@
   p9share rm ADDR [--aname NAME] [-r] PATH
   p9share mkdir ADDR [--aname NAME] [-p] PATH
   p9share mv ADDR [--aname NAME] OLD NEW
+  p9share mount ADDR MOUNTPOINT [--aname NAME] [--read-only] [--key FILE] [--daemon]
 
 Exit status: 0 success, 1 a remote (or local file) error, reported as one
 line "p9share: CMD: PATH: message", 2 bad usage. get/put draw a progress bar
@@ -141,6 +142,18 @@ def add_commands(subparsers: Any) -> None:
     p = add("mv", "rename a remote file", cmd_mv)
     p.add_argument("old", metavar="OLD")
     p.add_argument("new", metavar="NEW")
+    p = subparsers.add_parser("mount", parents=[common], help="mount an export with FUSE")
+    p.__class__ = _IntermixedParser
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--read-only", action="store_true", help="mount read-only")
+    p.add_argument("--daemon", action="store_true",
+                   help="go to the background once the mount is up")  # fmt: skip
+    p.add_argument("--reconnect-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long requests wait for a lost server before EIO (default 30)")  # fmt: skip
+    p.add_argument("--attr-timeout", type=float, default=1.0, metavar="SECONDS",
+                   help="how long the kernel caches attributes and names (default 1)")  # fmt: skip
+    p.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    p.set_defaults(func=cmd_mount)
 
 
 def run(name: str, func: Callable[[FS, argparse.Namespace], None], args: argparse.Namespace) -> int:
@@ -345,3 +358,27 @@ def cmd_mv(fs: FS, args: argparse.Namespace) -> None:
     if fs.isdir(new) and not fs.isdir(args.old):
         new = posixpath.join(new, posixpath.basename(args.old))
     fs.rename(args.old, new)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    """FUSE-mount the export until unmounted (or SIGINT/SIGTERM)."""
+    try:
+        from .fuse.mount import MountOptions, daemonize_and_mount, run_mount
+    except ImportError as e:
+        print(f"p9share: mount: FUSE support is not installed ({e}); install the "
+              "'fuse' extra (pip install 'p9share[fuse]') and libfuse3", file=sys.stderr)  # fmt: skip
+        return 2
+    opts = MountOptions(
+        args.address, args.mountpoint, aname=args.aname, read_only=args.read_only,
+        key=args.key, reconnect_timeout=args.reconnect_timeout,
+        attr_timeout=args.attr_timeout, allow_other=args.allow_other,
+        tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+    )  # fmt: skip
+    if args.daemon:
+        return daemonize_and_mount(opts)
+
+    def ready(err: str | None) -> None:
+        if err is not None:
+            print(f"p9share: mount: {err}", file=sys.stderr)
+
+    return run_mount(opts, ready)

@@ -15,7 +15,7 @@ How it works
   decompresses the bzImage's payload into an ELF ``vmlinux``: QEMU boots that
   directly through its PVH entry point, which skips the in-guest decompression and
   saves ~5 s per boot under TCG (a probe boot checks it; otherwise the bzImage is
-  used). It compiles the static guest helpers ``p9xattr`` and ``p9lock``
+  used). It compiles the static guest helpers ``p9xattr``, ``p9lock`` and ``p9posix``
   (``guest/*.c``, ``gcc -static``) and writes the base initramfs (static busybox and
   its applet links, the modules, ``guest/init.sh`` as /init, the helpers) as a cpio
   "newc" archive in Python, gzip'd and NUL-padded to a multiple of 512 bytes.

@@ -44,7 +44,7 @@ MODULES: tuple[str, ...] = (
     "virtio_console",
 )
 #: Guest helper programs compiled from ``guest/NAME.c`` and installed as ``/bin/NAME``.
-HELPERS: tuple[str, ...] = ("p9xattr", "p9lock")
+HELPERS: tuple[str, ...] = ("p9xattr", "p9lock", "p9posix")
 #: Bumped whenever the layout of the cache or the initramfs changes.
 LAYOUT_VERSION = 1
 KERNEL_META_PACKAGE = "linux-image-amd64"

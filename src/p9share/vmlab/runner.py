@@ -222,7 +222,7 @@ def run_guest(
     ``mount_opts`` is appended last, so it overrides the defaults. ``extra_files``
     maps absolute guest paths to file contents (bytes; mode 0755 if they start with
     ``#!`` or are ELF, else 0644) or host file paths (str or PathLike; mode kept).
-    The static helpers ``p9xattr`` and ``p9lock`` are always in /bin. ``timeout``
+    The static helpers ``p9xattr``, ``p9lock`` and ``p9posix`` are always in /bin. ``timeout``
     covers the whole run, boot included; then QEMU is killed (status 124). The run
     directory (console.log, qemu.cmd, qemu.log, initrd) is removed afterwards unless
     the status is non-zero or ``keep`` is set; the newest 20 kept ones survive.

@@ -1,0 +1,90 @@
+"""The POSIX suite's third target: the guest's kernel v9fs mount of p9share
+(trans=tcp). The static helper p9posix runs the same named cases as
+tests/posix/cases.py, in the guest and, as the baseline, on a host
+directory; every difference must be a documented one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from p9share.policy import Export, Policy
+from p9share.server.server import Server
+from p9share.server.transport import parse_address
+from p9share.vmlab import Assets, run_guest
+from p9share.vmlab.assets import build_helpers
+
+pytestmark = pytest.mark.vm
+
+# case -> why the kernel v9fs mount differs from a local directory
+# (each one is also a row of docs/posix-differences.md)
+V9FS_DIFFERENCES: dict[str, str] = {
+    "chmod_setid": "p9share's policy strips set-id bits unless the client's rights allow them",
+    "xattr_empty_value": "9P2000.L: a Txattrcreate of size 0 means removal (protocol.md §9.12)",
+    "mmap_shared": "v9fs without cache=mmap (or loose) has no writable shared mappings",
+    "utimes_ns": "Linux 6.1's v9fs keeps the default 1 s time granularity: the guest "
+    "truncates nanoseconds before sending them",
+}
+
+
+def parse(output: str) -> dict[str, str]:
+    """{case: "ok" | "FAIL reason"} from p9posix's lines."""
+    out = {}
+    for line in output.splitlines():
+        name, sep, result = line.partition(": ")
+        if sep and (result == "ok" or result.startswith("FAIL")):
+            out[name] = result
+    return out
+
+
+@pytest.fixture
+def export() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="p9posix-vm-"))
+    os.chmod(base, 0o755)
+    (base / "export").mkdir()
+    yield base / "export"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_posix_cases_on_v9fs(vm_assets: Assets, export: Path, tmp_path: Path) -> None:
+    helper = build_helpers(vm_assets.cache_dir)["p9posix"]
+    names = subprocess.run([helper, "--list"], capture_output=True, text=True, check=True).stdout
+    names_list = names.split()
+    baseline_dir = tmp_path / "local"
+    baseline_dir.mkdir()
+    local = parse(subprocess.run([helper, baseline_dir], capture_output=True, text=True,
+                                 timeout=120, check=True).stdout)  # fmt: skip
+    assert list(local) == names_list
+    assert {n: r for n, r in local.items() if r != "ok"} == {}, "the baseline itself fails"
+
+    policy = Policy()
+    policy.exports["share"] = Export("share", str(export))
+    srv = Server(policy)
+    srv.listen(parse_address("tcp:127.0.0.1:0"))
+    try:
+        res = run_guest(
+            "mkdir posix && p9posix posix\n", transport="tcp", port=srv.addresses[0].port,  # type: ignore[attr-defined]
+            mount_opts="msize=1048576", timeout=500, assets=vm_assets,
+        )  # fmt: skip
+    finally:
+        srv.stop()
+    assert res.status == 0, res.describe()
+    guest = parse(res.output)
+    assert list(guest) == names_list, res.output
+    differs = {n: r for n, r in guest.items() if r != "ok"}
+    unexpected = {n: r for n, r in differs.items() if n not in V9FS_DIFFERENCES}
+    fixed = [n for n in V9FS_DIFFERENCES if n not in differs]
+    assert not unexpected, f"new differences from the local baseline: {unexpected}"
+    assert not fixed, f"documented differences that are gone (remove them): {fixed}"
+
+
+def test_v9fs_differences_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs/posix-differences.md").read_text()
+    for name in V9FS_DIFFERENCES:
+        assert f"| v9fs | `{name}` |" in doc, name
