@@ -599,7 +599,10 @@ def build_base_initramfs(
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.rename(path)
-    for old in cache.glob(f"initramfs-{kver}-*.cpio.gz"):
+    # keep a few: two checkouts of different versions share this cache, and
+    # pruning the other's image would break its runs
+    images = sorted(cache.glob(f"initramfs-{kver}-*.cpio.gz"), key=lambda p: p.stat().st_mtime)
+    for old in images[:-4]:
         if old != path:
             old.unlink(missing_ok=True)
     return path
