@@ -1,0 +1,84 @@
+"""Shared helpers of the benchmarks: machine information, process CPU time, pinning."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid`` (VmRSS of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@contextmanager
+def pin(cpu: int) -> Iterator[None]:
+    """Run this process (and the children it starts meanwhile) on ``cpu`` only, if the
+    machine has it: the guest gets one core and the server the other."""
+    old = os.sched_getaffinity(0)
+    if cpu not in old or len(old) < 2:
+        yield
+        return
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return r.stdout.strip()
+
+
+def machine_info(qemu: str | None = None, guest_kernel: str | None = None) -> dict[str, object]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            mem = int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    info: dict[str, object] = {
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "memory_bytes": mem,
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "diod": _run(["dpkg-query", "-W", "-f=${Version}", "diod"]),
+    }
+    if qemu:
+        info["qemu"] = _run([qemu, "--version"]).splitlines()[0] if _run([qemu, "--version"]) else ""
+    if guest_kernel:
+        info["guest_kernel"] = guest_kernel
+    return info
