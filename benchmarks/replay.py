@@ -47,6 +47,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import machine  # noqa: E402
 from machine import cpu_seconds, machine_info, pin, rss_bytes  # noqa: E402
 
 STREAM = HERE / "stream-linux61.p9r.xz"
@@ -126,7 +127,9 @@ def with_aname(frame: bytes, aname: str) -> bytes:
     (alen,) = struct.unpack_from("<H", frame, off)
     a = aname.encode()
     body = frame[7:off] + struct.pack("<H", len(a)) + a + frame[off + 2 + alen :]
-    return struct.pack("<IBH", 7 + len(body), frame[4], struct.unpack_from("<H", frame, 5)[0]) + body
+    return (
+        struct.pack("<IBH", 7 + len(body), frame[4], struct.unpack_from("<H", frame, 5)[0]) + body
+    )
 
 
 # ---------------------------------------------------------------------- replay --
@@ -167,7 +170,7 @@ def replay_conn(sock: socket.socket, conn: Conn, aname: str, tally: Tally) -> No
                         return
                 head = _recv_exact(sock, 7)
                 size, mtype, tag = HDR.unpack(head)
-                body = _recv_exact(sock, size - 7)
+                _recv_exact(sock, size - 7)  # the reply body itself is not needed
                 with state:
                     req = busy.pop(tag, None)
                     if mtype == RLERROR:
@@ -217,7 +220,12 @@ def server(kind: str, transport: str, export: Path, tmp: Path) -> Iterator[tuple
 
     sock = tmp / f"{kind}.sock"
     if kind == "diod":
-        with pin(1), Diod(export, unix=transport == "unix", socket_path=sock if transport == "unix" else None) as d:
+        with (
+            pin(1),
+            Diod(
+                export, unix=transport == "unix", socket_path=sock if transport == "unix" else None
+            ) as d,
+        ):
             assert d.proc is not None
             addr = str(d.socket_path) if transport == "unix" else ("127.0.0.1", d.port)
             yield addr, d.proc.pid, d.aname
@@ -237,7 +245,9 @@ def server(kind: str, transport: str, export: Path, tmp: Path) -> Iterator[tuple
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"p9share did not start (status {proc.returncode})") from None
+                    raise RuntimeError(
+                        f"p9share did not start (status {proc.returncode})"
+                    ) from None
                 time.sleep(0.05)
         yield addr, proc.pid, "bench"
     finally:
@@ -339,12 +349,17 @@ def record(out: Path, seq_mib: int, files: int, tree_files: int) -> None:
         orig = runner.run_guest
 
         def run_with_tree(*a: object, **kw: object) -> object:
-            kw["extra_files"] = {"/root/tree.tar": tree, "/root/tree.bytes": f"{tree_bytes}\n".encode()}
+            kw["extra_files"] = {
+                "/root/tree.tar": tree,
+                "/root/tree.bytes": f"{tree_bytes}\n".encode(),
+            }
             return orig(*a, **kw)  # type: ignore[arg-type]
 
         runner.run_guest = run_with_tree  # type: ignore[assignment]
         try:
-            status, output = record_session(jsonl, mount_opts="msize=65536", script=args + script, timeout=1800)
+            status, output = record_session(
+                jsonl, mount_opts="msize=65536", script=args + script, timeout=1800
+            )
         finally:
             runner.run_guest = orig
         if status != 0 or "DONE" not in output:
@@ -355,11 +370,16 @@ def record(out: Path, seq_mib: int, files: int, tree_files: int) -> None:
             "tree_files": tree_files, "requests": sum(len(c.frames) for c in conns),
         }  # fmt: skip
         save_stream(out, meta, conns)
-    print(f"recorded {meta['requests']} requests -> {out} ({out.stat().st_size} bytes)", file=sys.stderr)
+    print(
+        f"recorded {meta['requests']} requests -> {out} ({out.stat().st_size} bytes)",
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--record", action="store_true", help="record the stream first (boots a guest)")
     ap.add_argument("--stream", type=Path, default=STREAM)
     ap.add_argument("--quick", action="store_true", help="first 5,000 requests, 1 round")
@@ -367,10 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--servers", default="p9share,diod")
     ap.add_argument("--transports", default="unix,tcp")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--pin", action="store_true", help="client on CPU 0, server on CPU 1")
     ap.add_argument("--no-report", action="store_true")
     a = ap.parse_args(argv)
+    machine.PINNING = a.pin
     if a.record:
-        record(a.stream, seq_mib=16, files=2000, tree_files=3000)
+        record(a.stream, seq_mib=16, files=2000, tree_files=1000)
     if not a.stream.exists():
         ap.error(f"{a.stream} does not exist (record it with --record)")
     meta, conns = load_stream(a.stream, 5000 if a.quick else None)
@@ -385,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "stream": {"file": a.stream.name, "requests": sum(len(c.frames) for c in conns)} | meta,
         "rounds": rounds,
+        "pinned": machine.PINNING,
         "load_before": os.getloadavg(),
         "runs": [],
         "rss": [],
@@ -401,8 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     for kind in servers:
         rss = rss_with_fids(kind)
         doc["rss"].append(rss)  # type: ignore[attr-defined]
-        print(f"{kind}: RSS {rss['rss_idle'] / 2**20:.1f} MiB idle, "  # type: ignore[operator]
-              f"{rss['rss_with_fids'] / 2**20:.1f} MiB with 10,000 fids", file=sys.stderr)  # type: ignore[operator]
+        print(
+            f"{kind}: RSS {rss['rss_idle'] / 2**20:.1f} MiB idle, "  # type: ignore[operator]
+            f"{rss['rss_with_fids'] / 2**20:.1f} MiB with 10,000 fids",
+            file=sys.stderr,
+        )  # type: ignore[operator]
     doc["load_after"] = os.getloadavg()
     a.out.mkdir(parents=True, exist_ok=True)
     out = a.out / f"replay-{'quick-' if a.quick else ''}{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -13,7 +13,8 @@ guest prints, the server process's CPU seconds (/proc/PID/stat) and the load.
 
 Results go to ``benchmarks/results/``: ``guest-<time>.json`` (machine information and
 every sample) and, via ``benchmarks/report.py``, ``latest.md`` and ``latest.png``.
-The guest runs on CPU 0 and the server on CPU 1 when the machine has two or more.
+With ``--pin`` the guest runs on CPU 0 and the server on CPU 1 (off by default: it
+slowed every server down here, QEMU's own threads then share one core).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import io
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -37,6 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import machine  # noqa: E402
 from machine import cpu_seconds, machine_info, pin  # noqa: E402
 
 from p9share.vmlab import run_guest, setup  # noqa: E402
@@ -202,7 +203,10 @@ def run_one(
                     script,
                     args=args,
                     timeout=timeout,
-                    extra_files={"/root/tree.tar": tree, "/root/tree.bytes": f"{tree_bytes}\n".encode()},
+                    extra_files={
+                        "/root/tree.tar": tree,
+                        "/root/tree.bytes": f"{tree_bytes}\n".encode(),
+                    },
                     **kw,  # type: ignore[arg-type]
                 )
             cpu1 = cpu_seconds(pid) if pid else None
@@ -213,14 +217,18 @@ def run_one(
         "server": spec.name,
         "samples": samples,
         "failures": failures,
-        "server_cpu_seconds": round(cpu1 - cpu0, 3) if cpu0 is not None and cpu1 is not None else None,
+        "server_cpu_seconds": round(cpu1 - cpu0, 3)
+        if cpu0 is not None and cpu1 is not None
+        else None,
         "wall_seconds": round(res.wall_seconds, 2),
         "boot_seconds": round(res.boot_seconds or 0, 2),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 round (smoke test)")
     ap.add_argument("--rounds", type=int, help="rounds (default 3; --quick: 1)")
     ap.add_argument("--servers", default=",".join(s.name for s in SERVERS),
@@ -230,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tree-files", type=int, help="files in the source tree")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     ap.add_argument("--timeout", type=float, default=900, help="per guest run, seconds")
+    ap.add_argument("--pin", action="store_true", help="guest on CPU 0, server on CPU 1")
     ap.add_argument("--no-report", action="store_true", help="write only the JSON")
     a = ap.parse_args(argv)
+    machine.PINNING = a.pin
     sizes = QUICK if a.quick else FULL
     sizes = Sizes(
         seq_mib=a.seq_mib or sizes.seq_mib, msizes=sizes.msizes, files=a.files or sizes.files,
@@ -257,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(assets.qemu, assets.kernel_version),
         "sizes": sizes.__dict__ | {"msizes": list(sizes.msizes), "caches": list(sizes.caches)},
         "rounds": rounds,
+        "pinned": machine.PINNING,
         "load_before": os.getloadavg(),
         "runs": [],
     }
@@ -264,7 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="p9bench-tree-") as td:
         tree, tree_bytes = make_tree(Path(td), sizes.tree_files)
-        doc["tree"] = {"files": sizes.tree_files, "bytes": tree_bytes, "tar_bytes": tree.stat().st_size}
+        doc["tree"] = {
+            "files": sizes.tree_files,
+            "bytes": tree_bytes,
+            "tar_bytes": tree.stat().st_size,
+        }
         for r in range(rounds):
             for spec in specs:
                 t0 = time.monotonic()
