@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     machine.PINNING = a.pin
     if a.record:
-        record(a.stream, seq_mib=16, files=2000, tree_files=1000)
+        record(a.stream, seq_mib=16, files=1000, tree_files=300)
     if not a.stream.exists():
         ap.error(f"{a.stream} does not exist (record it with --record)")
     meta, conns = load_stream(a.stream, 5000 if a.quick else None)
