@@ -391,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-report", action="store_true")
     a = ap.parse_args(argv)
     machine.PINNING = a.pin
+    machine.no_core_dumps()
     if a.record:
         record(a.stream, seq_mib=16, files=1000, tree_files=300)
     if not a.stream.exists():

@@ -121,7 +121,9 @@ def guest_markdown(doc: dict) -> str:
     a, b = cpu.get("p9share-tcp"), cpu.get("diod-tcp")
     row.append(f"{statistics.median(a) / statistics.median(b):.2f}x" if a and b else "-")
     lines.append("| " + " | ".join(row) + " |")
-    fails = [f"{r['server']} round {r['round'] + 1}: {f}" for r in doc["runs"] for f in r["failures"]]
+    fails = [
+        f"{r['server']} round {r['round'] + 1}: {f}" for r in doc["runs"] for f in r["failures"]
+    ]
     if fails:
         lines += ["", "Failures:", *[f"- {f}" for f in fails]]
     return "\n".join(lines) + "\n"
@@ -145,7 +147,10 @@ def guest_chart(doc: dict, out: Path) -> bool:
     workloads, servers, stats, _ = guest_stats(doc)
     groups = [
         ("Throughput (MiB/s, median)", [w for w in workloads if stats_unit(stats, w) == "MiB/s"]),
-        ("Operations per second (median)", [w for w in workloads if stats_unit(stats, w) == "ops/s"]),
+        (
+            "Operations per second (median)",
+            [w for w in workloads if stats_unit(stats, w) == "ops/s"],
+        ),
     ]
     fig, axes = plt.subplots(2, 1, figsize=(13, 10))
     width = 0.8 / max(1, len(servers))

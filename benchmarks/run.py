@@ -74,7 +74,7 @@ class Sizes:
     caches: tuple[str, ...] = ("none", "loose")
 
 
-FULL = Sizes(seq_mib=64, msizes=(524288, 1048576), files=2000, tree_files=3000, par_mib=32)
+FULL = Sizes(seq_mib=32, msizes=(524288, 1048576), files=500, tree_files=250, par_mib=16)
 QUICK = Sizes(seq_mib=4, msizes=(524288,), files=100, tree_files=150, par_mib=2, caches=("none",))
 
 
@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-report", action="store_true", help="write only the JSON")
     a = ap.parse_args(argv)
     machine.PINNING = a.pin
+    machine.no_core_dumps()
     sizes = QUICK if a.quick else FULL
     sizes = Sizes(
         seq_mib=a.seq_mib or sizes.seq_mib, msizes=sizes.msizes, files=a.files or sizes.files,

@@ -400,11 +400,13 @@ class Connection:
             self._state.notify_all()
 
     def _tag_busy(self, tag: int) -> bool:
-        """A tag is busy from its request until its reply (or Rflush) is sent.
-
-        No lock: only this reader thread adds tags, other threads only remove
-        them, so an unlocked look sees a state that existed at some moment."""
-        return tag in self._inflight or tag in self._flush_tags
+        """A tag is busy from its request until its reply (or Rflush) is sent."""
+        if not self._inflight and not self._flush_tags:
+            return False  # nothing pooled or delayed: no lock needed (the common case)
+        # a pooled request's reply goes out before its tag is freed, both under
+        # _state: the client may already reuse the tag, so wait for the lock
+        with self._state:
+            return tag in self._inflight or tag in self._flush_tags
 
     def _run_pooled(self, tag: int, msg: m.Message) -> None:
         try:
