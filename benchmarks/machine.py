@@ -34,10 +34,22 @@ def rss_bytes(pid: int) -> int:
 
 
 def no_core_dumps() -> None:
-    """No core files from the servers this process starts (diod 1.0.24 has been
-    seen to dump core when killed with many fids open): they would land in cwd."""
+    """No core files from the servers this process starts (diod 1.0.24 dumps
+    core now and then when it is stopped): they would land in cwd."""
     _, hard = resource.getrlimit(resource.RLIMIT_CORE)
     resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+
+
+@contextmanager
+def in_dir(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Start servers with cwd ``path`` (a temp dir): diod raises its own core
+    limit, so a core it dumps lands there and is removed with it."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 @contextmanager

@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from machine import cpu_seconds, machine_info, pin, rss_bytes  # noqa: E402
+from machine import cpu_seconds, in_dir, machine_info, pin, rss_bytes  # noqa: E402
 
 STREAM = HERE / "stream-linux61.p9r.xz"
 RESULTS = HERE / "results"
@@ -222,6 +222,7 @@ def server(kind: str, transport: str, export: Path, tmp: Path) -> Iterator[tuple
     if kind == "diod":
         with (
             pin(1),
+            in_dir(tmp),
             Diod(
                 export, unix=transport == "unix", socket_path=sock if transport == "unix" else None
             ) as d,

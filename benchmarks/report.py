@@ -43,6 +43,15 @@ def title(workload: str) -> str:
     return base
 
 
+def short_title(workload: str) -> str:
+    """A chart label: two short lines."""
+    parts = workload.split("/")
+    if len(parts) == 3:
+        op = parts[0].split("-")[1]
+        return f"{op}\ncache={parts[1]} {int(parts[2]) // 1024}K"
+    return title(workload).replace(": ", ":\n").replace("parallel ", "parallel\n")
+
+
 def _fmt(x: float | None) -> str:
     if x is None:
         return "-"
@@ -161,16 +170,19 @@ def guest_chart(doc: dict, out: Path) -> bool:
             xs = [j + (i - (len(servers) - 1) / 2) * width for j in range(len(ws))]
             ax.bar(xs, vals, width, label=s, color=colors[i % len(colors)])
         ax.set_xticks(range(len(ws)))
-        ax.set_xticklabels([title(w).replace(", ", "\n", 1) for w in ws], fontsize=8)
+        ax.set_xticklabels([short_title(w) for w in ws], fontsize=8)
         ax.set_yscale("log")
         ax.set_title(ttl)
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0].legend(fontsize=9, ncol=len(servers))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(servers), fontsize=9,
+               bbox_to_anchor=(0.5, 0.955))  # fmt: skip
     fig.suptitle(
-        f"9P servers, same Linux guest (QEMU TCG), {doc['rounds']} rounds; higher is better",
+        f"9P servers, same Linux guest (QEMU TCG), {doc['rounds']} rounds; higher is better "
+        "(log scale)",
         fontsize=12,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return True
@@ -213,11 +225,12 @@ def replay_markdown(doc: dict) -> str:
     lines = [
         f"### Host replay ({doc['started'][:16].replace('T', ' ')})",
         "",
-        f"{stream['requests']} requests recorded from the Linux {stream.get('client', '')} client "
+        f"{stream['requests']} requests recorded from the {stream.get('client', 'Linux')} client "
         f"running benchmarks/guest.sh against {stream.get('server', 'diod')} "
         f"({stream.get('mount_opts', '')}), replayed with the recorded concurrency; "
         f"median of {doc['rounds']} rounds (min in parentheses). Server CPU = utime + stime "
-        f"of the server process. Host {m.get('cpu_model', '?')} x{m.get('cpus', '?')}, "
+        "of the server process; per GiB = all of it over the stream's Twrite + Rread payload "
+        f"({_payload(st)} MiB; the stream is mostly metadata). Host {m.get('cpu_model', '?')} x{m.get('cpus', '?')}, "
         f"kernel {m.get('kernel', '?')}, Python {m.get('python', '?')}. Load average "
         f"before/after: {_load(doc.get('load_before'))} / {_load(doc.get('load_after'))}.",
         "",
@@ -240,6 +253,10 @@ def replay_markdown(doc: dict) -> str:
                 f"| {r['server']} | {r['rss_idle'] / MIB:.1f} MiB | {r['rss_with_fids'] / MIB:.1f} MiB |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _payload(st: dict[tuple[str, str], dict[str, float]]) -> str:
+    return str(round(max((v["payload"] for v in st.values()), default=0) / MIB))
 
 
 def replay_chart(doc: dict, out: Path) -> bool:

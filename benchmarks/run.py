@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from machine import cpu_seconds, machine_info, pin  # noqa: E402
+from machine import cpu_seconds, in_dir, machine_info, pin  # noqa: E402
 
 from p9share.vmlab import run_guest, setup  # noqa: E402
 from p9share.vmlab.diod import Diod, free_port  # noqa: E402
@@ -116,7 +116,7 @@ def serve(spec: ServerSpec, export: Path, tmp: Path) -> Iterator[tuple[dict[str,
         yield {"transport": "virtio", "virtio_dir": export, "virtio_security": spec.security}, 0
         return
     if spec.kind == "diod":
-        with pin(1), Diod(export) as d:
+        with pin(1), in_dir(tmp), Diod(export) as d:
             assert d.proc is not None
             yield {"transport": "tcp", "port": d.port, "aname": d.aname}, d.proc.pid
         return
