@@ -96,6 +96,26 @@ def test_tcp_mount_write_and_read(vm_assets: Assets, diod_tcp: Diod, export_dir:
     assert res.mount_line.startswith("10.0.2.2 /mnt 9p ")
 
 
+@pytest.mark.parametrize("model", ["passthrough", "mapped-xattr"])
+def test_virtio_mount_is_qemus_own_9p(vm_assets: Assets, export_dir: Path, model: str) -> None:
+    (export_dir / "from-host.txt").write_text("written on the host\n")
+    script = "cat from-host.txt\nchmod 640 from-host.txt\necho guest > from-guest.txt\n"
+    res = run_guest(
+        script,
+        transport="virtio",
+        virtio_dir=export_dir,
+        virtio_security=model,
+        timeout=120,
+        assets=vm_assets,
+    ).check()
+    assert res.output == "written on the host\n"
+    assert (export_dir / "from-guest.txt").read_text() == "guest\n"
+    assert res.mount_line.startswith("p9share /mnt 9p ") and "trans=virtio" in res.mount_line
+    host_mode = (export_dir / "from-host.txt").stat().st_mode & 0o777
+    # passthrough changes the host file; mapped-xattr keeps the guest's mode in an xattr
+    assert (host_mode == 0o640) == (model == "passthrough")
+
+
 def test_fd_mount_through_virtio_serial(
     vm_assets: Assets, diod_unix: Diod, export_dir: Path
 ) -> None:

@@ -25,7 +25,7 @@ from p9share.vmlab.assets import (
 )
 from p9share.vmlab.cpio import CpioWriter, read_archive
 from p9share.vmlab.recorder import Recorder, message_name
-from p9share.vmlab.runner import _mount_options, _overlay, _parse_console
+from p9share.vmlab.runner import _mount_options, _overlay, _parse_console, run_guest
 
 
 def _sample_archive() -> bytes:
@@ -120,7 +120,26 @@ def test_mount_options() -> None:
         "p9share",
         "trans=fd,rfdno=3,wfdno=4,version=9p2000.u",
     )
+    assert _mount_options("virtio", None, "9p2000.L", "", "msize=512000") == (
+        "p9share",
+        "trans=virtio,version=9p2000.L,msize=512000",
+    )
     assert _mount_options("none", None, "9p2000.L", "x", "y") == ("", "")
+
+
+def test_virtio_arguments_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="virtio_dir"):
+        run_guest("true", transport="virtio")
+    with pytest.raises(ValueError, match="virtio_security"):
+        run_guest("true", transport="virtio", virtio_dir=tmp_path, virtio_security="bogus")
+    comma = tmp_path / "a,b"
+    comma.mkdir()
+    with pytest.raises(ValueError, match="','"):
+        run_guest("true", transport="virtio", virtio_dir=comma)
+    with pytest.raises(VMLabError, match="not a directory"):
+        run_guest("true", transport="virtio", virtio_dir=tmp_path / "missing")
+    with pytest.raises(ValueError, match="tcp, fd, virtio or none"):
+        run_guest("true", transport="vsock")  # type: ignore[arg-type]
 
 
 def test_overlay_quotes_config_and_args() -> None:

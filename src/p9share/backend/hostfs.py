@@ -267,12 +267,16 @@ def _check_name(name: str, *, dots_ok: bool = False) -> None:
         _fail(errno.EINVAL, "name is not valid Unicode")
 
 
+_QT_DIR, _QT_SYMLINK, _QT_FILE = int(QidType.DIR), int(QidType.SYMLINK), int(QidType.FILE)
+
+
 def _qid_type(ifmt: int) -> int:
+    # plain ints: IntFlag arithmetic costs microseconds on every qid
     if ifmt == stat.S_IFDIR:
-        return int(QidType.DIR)
+        return _QT_DIR
     if ifmt == stat.S_IFLNK:
-        return int(QidType.SYMLINK)
-    return int(QidType.FILE)
+        return _QT_SYMLINK
+    return _QT_FILE
 
 
 def _qid_version(st: os.stat_result) -> int:
@@ -334,6 +338,39 @@ class HostNode(Node):
 
     def __repr__(self) -> str:
         return f"<HostNode {self.name!r} ino={self.inode.ino} fd={self.inode.fd}>"
+
+
+class _Pin:
+    """Context manager of HostBackend._pinned: drops the inode reference taken
+    for the block. A class, not @contextmanager: it is on every request's path."""
+
+    __slots__ = ("backend", "ino")
+
+    def __init__(self, backend: HostBackend, ino: _Inode) -> None:
+        self.backend = backend
+        self.ino = ino
+
+    def __enter__(self) -> _Inode:
+        return self.ino
+
+    def __exit__(self, *exc: object) -> None:
+        self.backend._unref(self.ino)
+
+
+class _Using:
+    """Context manager of HostBackend._using (a class for speed, like _Pin)."""
+
+    __slots__ = ("backend", "file")
+
+    def __init__(self, backend: HostBackend, file: HostOpenFile) -> None:
+        self.backend = backend
+        self.file = file
+
+    def __enter__(self) -> HostOpenFile:
+        return self.file
+
+    def __exit__(self, *exc: object) -> None:
+        self.backend._done_using(self.file)
 
 
 class HostOpenFile(OpenFile):
@@ -495,26 +532,23 @@ class HostBackend(Backend):
             h.inode.refs += 1
             return self._new_handle_locked(h.inode, h.parent, h.name)
 
-    @contextmanager
-    def _pinned(self, node: Node) -> Iterator[_Inode]:
-        """The node's inode, kept open for the duration of the block."""
+    def _pinned(self, node: Node) -> _Pin:
+        """The node's inode, kept open for the duration of the with block
+        (pinned when called: use it directly in the with statement)."""
         h = self._handle(node)
         with self._lock:
             if h.released or h.inode.fd < 0:
                 _fail(errno.EBADF, "node was released")
             ino = h.inode
             ino.refs += 1
-        try:
-            yield ino
-        finally:
-            self._unref(ino)
+        return _Pin(self, ino)
 
-    @contextmanager
-    def _pinned_dir(self, node: Node) -> Iterator[_Inode]:
-        with self._pinned(node) as ino:
-            if ino.ftype != stat.S_IFDIR:
-                _fail(errno.ENOTDIR)
-            yield ino
+    def _pinned_dir(self, node: Node) -> _Pin:
+        pin = self._pinned(node)
+        if pin.ino.ftype != stat.S_IFDIR:
+            self._unref(pin.ino)
+            _fail(errno.ENOTDIR)
+        return pin
 
     @contextmanager
     def _named(self, node: Node) -> Iterator[tuple[_Inode, _Inode, str]]:
@@ -595,23 +629,23 @@ class HostBackend(Backend):
         finally:
             os.close(cur)
 
-    @contextmanager
-    def _using(self, file: OpenFile) -> Iterator[HostOpenFile]:
-        """The open file, kept open for the duration of the block."""
+    def _using(self, file: OpenFile) -> _Using:
+        """The open file, kept open for the duration of the with block
+        (taken when called: use it directly in the with statement)."""
         if not isinstance(file, HostOpenFile) or file.node._backend is not self:
             _fail(errno.EBADF, "not an open file of this backend")
         with file.lock:
             if file.closed:
                 _fail(errno.EBADF, "file was closed")
             file.busy += 1
-        try:
-            yield file
-        finally:
-            with file.lock:
-                file.busy -= 1
-                last = file.closed and file.busy == 0
-            if last:
-                self._finish_close(file)
+        return _Using(self, file)
+
+    def _done_using(self, file: HostOpenFile) -> None:
+        with file.lock:
+            file.busy -= 1
+            last = file.closed and file.busy == 0
+        if last:
+            self._finish_close(file)
 
     def _finish_close(self, f: HostOpenFile) -> None:
         with self._lock:

@@ -831,28 +831,61 @@ def _steps(cls: type[Message], dialect: Dialect) -> list[tuple[str, Any, list[st
     return steps
 
 
+def _fixed_values(fnames: list[str]) -> Callable[[tuple[int, ...]], tuple[Any, ...]]:
+    """Compiled: a fixed run's unpacked integers -> its field values (qids built)."""
+    exprs: list[str] = []
+    i = 0
+    for fname in fnames:
+        if fname.startswith("\0qid:"):
+            exprs.append(f"Qid(raw[{i}], raw[{i + 1}], raw[{i + 2}])")
+            i += 3
+        else:
+            exprs.append(f"raw[{i}]")
+            i += 1
+    fn: Callable[[tuple[int, ...]], tuple[Any, ...]] = eval(
+        f"lambda raw: ({', '.join(exprs)},)", {"Qid": Qid}
+    )
+    return fn
+
+
+def _fixed_packer(st: struct.Struct, fnames: list[str]) -> Callable[[Message], bytes]:
+    """Compiled: a message -> its fixed run packed (qids spread)."""
+    args = ", ".join(f"*msg.{f[5:]}" if f.startswith("\0qid:") else f"msg.{f}" for f in fnames)
+    fn: Callable[[Message], bytes] = eval(f"lambda msg: pack({args})", {"pack": st.pack})
+    return fn
+
+
 def _make_decoder(cls: type[Message], dialect: Dialect) -> Decoder:
     steps = _steps(cls, dialect)
     names = [n for n, k in cls.FIELDS if _present(k, dialect)]
+    if len(steps) == 1 and steps[0][0] == "fixed" and _positional(cls, names):
+        # the common case (Tclunk, Tgetattr, Tread, ...): one unpack, positional init
+        st, conv = steps[0][1], _fixed_values(steps[0][2])
+        size, name = st.size, cls.__name__
+
+        def decode_fixed(body: memoryview) -> Message:
+            end = len(body)
+            if size > end:
+                raise ProtocolError(f"{name} too short")
+            if end != size:
+                raise ProtocolError(f"{end - size} trailing bytes after {name}")
+            return cls(*conv(st.unpack_from(body, 0)))
+
+        return decode_fixed
+
+    convs = [_fixed_values(fn) if k == "fixed" else None for k, _, fn in steps]
+    positional = _positional(cls, names)
 
     def decode(body: memoryview) -> Message:
         off = 0
         end = len(body)
         values: list[Any] = []
-        for kind, st, fnames in steps:
-            if kind == "fixed":
+        for (kind, st, _fnames), conv in zip(steps, convs, strict=True):
+            if conv is not None:
                 if off + st.size > end:
                     raise ProtocolError(f"{cls.__name__} too short")
-                raw = st.unpack_from(body, off)
+                values.extend(conv(st.unpack_from(body, off)))
                 off += st.size
-                i = 0
-                for fname in fnames:
-                    if fname.startswith("\0qid:"):
-                        values.append(Qid(raw[i], raw[i + 1], raw[i + 2]))
-                        i += 3
-                    else:
-                        values.append(raw[i])
-                        i += 1
             elif kind == "s":
                 s, off = decode_string(body, off)
                 values.append(s)
@@ -905,25 +938,33 @@ def _make_decoder(cls: type[Message], dialect: Dialect) -> Decoder:
                 values.append(st_)
         if off != end:
             raise ProtocolError(f"{end - off} trailing bytes after {cls.__name__}")
+        if positional:
+            return cls(*values)
         return cls(**dict(zip(names, values, strict=True)))
 
     return decode
 
 
+def _positional(cls: type[Message], names: list[str]) -> bool:
+    """Whether cls(*values) means the same as cls(**dict(zip(names, values)))."""
+    fields = getattr(cls, "__dataclass_fields__", None)
+    return fields is not None and list(fields)[: len(names)] == names
+
+
 def _make_encoder(cls: type[Message], dialect: Dialect) -> Encoder:
     steps = _steps(cls, dialect)
+    packers = {i: _fixed_packer(st, fn) for i, (k, st, fn) in enumerate(steps) if k == "fixed"}
+    if not steps:
+        return lambda msg: []
+    if len(steps) == 1 and steps[0][0] == "fixed":
+        pack = packers[0]
+        return lambda msg: [pack(msg)]
 
     def encode(msg: Message) -> list[bytes | memoryview]:
         out: list[bytes | memoryview] = []
-        for kind, st, fnames in steps:
+        for i, (kind, _st, fnames) in enumerate(steps):
             if kind == "fixed":
-                vals: list[int] = []
-                for fname in fnames:
-                    if fname.startswith("\0qid:"):
-                        vals.extend(getattr(msg, fname[5:]))
-                    else:
-                        vals.append(getattr(msg, fname))
-                out.append(st.pack(*vals))
+                out.append(packers[i](msg))
                 continue
             v = getattr(msg, fnames[0])
             if kind == "s":
@@ -961,7 +1002,7 @@ for _cls in ALL_MESSAGES:
 def encode_parts(msg: Message, tag: int, dialect: Dialect) -> list[bytes | memoryview]:
     """Encode as a list of buffers (header first) for sendmsg without a join."""
     parts = _ENCODERS[(type(msg), dialect)](msg)
-    size = 7 + sum(len(p) for p in parts)
+    size = 7 + sum(map(len, parts))
     if size > 0xFFFFFFFF:
         raise ValueError("message too large")
     parts.insert(0, HEADER.pack(size, msg.TYPE, tag))

@@ -34,6 +34,10 @@ log = logging.getLogger("p9share.server")
 XATTR_SIZE_MAX = 65536  # Linux's limit for one value
 RREAD_OVERHEAD = 11  # size[4] type[1] tag[2] count[4]
 GETATTR_SUPPORTED = c.GetattrMask.BASIC | c.GetattrMask.BTIME
+# plain ints for the hot paths (IntFlag arithmetic is slow)
+_QTDIR = int(c.QidType.DIR)
+_VALID_BASIC = int(c.GetattrMask.BASIC)
+_VALID_BASIC_BTIME = int(GETATTR_SUPPORTED)
 _T = TypeVar("_T")
 
 
@@ -166,7 +170,7 @@ class Session:
 
     def _need_dir(self, f: Fid) -> None:
         self._need_node(f)
-        if not f.node.qid.type & c.QidType.DIR:
+        if not f.node.qid.type & _QTDIR:
             raise OSError(errno.ENOTDIR, "not a directory")
 
     @staticmethod
@@ -339,14 +343,16 @@ class Session:
             backend = f.backend
             node = backend.clone(f.node)
             qids: list[Qid] = []
+            qid = node.qid  # a property that may stat: read it once per node
             try:
                 for name in msg.wnames:
-                    if not node.qid.type & c.QidType.DIR:
+                    if not qid.type & _QTDIR:
                         raise OSError(errno.ENOTDIR, "not a directory")
                     nxt = backend.walk(node, name)
                     backend.release(node)
                     node = nxt
-                    qids.append(node.qid)
+                    qid = node.qid
+                    qids.append(qid)
             except OSError:
                 backend.release(node)
                 if not qids:
@@ -354,7 +360,7 @@ class Session:
                 return m.Rwalk(qids)  # partial walk: newfid is not created
             new = Fid(
                 msg.newfid, f.export, backend, node, f.uid,
-                is_dir=bool(node.qid.type & c.QidType.DIR), rights=f.rights,
+                is_dir=bool(qid.type & _QTDIR), rights=f.rights,
                 path=_walked(f.path, msg.wnames), auth_key=f.auth_key,
             )  # fmt: skip
             if msg.newfid == msg.fid:
@@ -644,10 +650,10 @@ class Session:
         try:
             self._need_node(f)
             a = f.backend.getattr(f.node)
-            valid = c.GetattrMask.BASIC | (c.GetattrMask.BTIME if a.btime_ns else 0)
+            valid = _VALID_BASIC_BTIME if a.btime_ns else _VALID_BASIC
             uid, gid = f.export.idmap.guest_ids(a.uid, a.gid)
             return m.Rgetattr(
-                int(valid), a.qid, a.mode, uid, gid, a.nlink, a.rdev, a.size, a.blksize,
+                valid, a.qid, a.mode, uid, gid, a.nlink, a.rdev, a.size, a.blksize,
                 a.blocks, *_split(a.atime_ns), *_split(a.mtime_ns), *_split(a.ctime_ns),
                 *_split(a.btime_ns), a.gen, a.data_version,
             )  # fmt: skip

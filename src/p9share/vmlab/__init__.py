@@ -33,6 +33,10 @@ How it works
   127.0.0.1:PORT. ``fd``: QEMU connects to the server's listening Unix socket
   (``-chardev socket,path=SOCK``) and exposes the byte stream as the virtio-serial
   port ``p9share.9p``; the guest mounts with ``trans=fd,rfdno=3,wfdno=4``.
+  ``virtio``: no host server at all; QEMU's built-in virtio-9p device
+  (``-fsdev local,security_model=mapped-xattr|passthrough|...``) shares a host
+  directory under the mount tag ``p9share`` and the guest mounts it with
+  ``trans=virtio`` (the in-process reference point of the benchmarks).
 * **The fd relay.** On Linux 6.1 the fd transport cannot use the port device
   directly: ``kernel_read()``/``kernel_write()`` need ``->read_iter``/``->write_iter``
   and virtio_console only has ``.read``/``.write`` (mount fails with EIO, dmesg

@@ -45,6 +45,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
         transport=a.transport,
         port=a.port,
         socket_path=a.socket,
+        virtio_dir=a.dir,
+        virtio_security=a.security_model,
         aname=a.aname,
         version=a.version,
         mount_opts=",".join(a.opts),
@@ -89,9 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         help="boot, mount, run SCRIPT in the mount, exit with its status "
         "(124 timeout, 125 no result, 126 mount failed)",
     )
-    r.add_argument("--transport", "-t", choices=["tcp", "fd", "none"], default="tcp")
+    r.add_argument("--transport", "-t", choices=["tcp", "fd", "virtio", "none"], default="tcp")
     r.add_argument("--port", "-p", type=int, help="server port on 127.0.0.1 (tcp)")
     r.add_argument("--socket", "-s", help="server's Unix socket (fd)")
+    r.add_argument("--dir", help="host directory QEMU's virtio-9p shares (virtio)")
+    r.add_argument(
+        "--security-model",
+        default="mapped-xattr",
+        help="virtio-9p security_model: mapped-xattr (default), mapped-file, passthrough, none",
+    )
     r.add_argument("--aname", "-a", default="", help="attach name (diod: the export path)")
     r.add_argument("--version", default="9p2000.L")
     r.add_argument(

@@ -24,7 +24,7 @@ from .cpio import CpioWriter
 
 log = logging.getLogger("p9share.vmlab")
 
-Transport = Literal["tcp", "fd", "none"]
+Transport = Literal["tcp", "fd", "virtio", "none"]
 
 #: ``GuestResult.status`` values that are not the script's own exit status.
 STATUS_TIMEOUT = 124  # QEMU was killed after ``timeout`` seconds
@@ -34,6 +34,8 @@ STATUS_MOUNT_FAILED = 126  # the 9P mount failed in the guest; output = error + 
 GUEST_IP = "10.0.2.15"
 GATEWAY = "10.0.2.2"  # QEMU user networking maps this to the host's 127.0.0.1
 FD_PORT_NAME = "p9share.9p"
+VIRTIO_TAG = "p9share"  # mount tag of QEMU's built-in virtio-9p device
+VIRTIO_SECURITY_MODELS = ("mapped-xattr", "mapped-file", "passthrough", "none")
 KEEP_RUN_DIRS = 20
 
 ExtraFile = bytes | str | os.PathLike[str]
@@ -106,6 +108,8 @@ def _mount_options(
         src, opts = GATEWAY, f"trans=tcp,port={port}"
     elif transport == "fd":
         src, opts = "p9share", "trans=fd,rfdno=3,wfdno=4"
+    elif transport == "virtio":
+        src, opts = VIRTIO_TAG, "trans=virtio"
     else:
         return "", ""
     opts += f",version={version}"
@@ -194,6 +198,8 @@ def run_guest(
     transport: Transport = "tcp",
     port: int | None = None,
     socket_path: str | os.PathLike[str] | None = None,
+    virtio_dir: str | os.PathLike[str] | None = None,
+    virtio_security: str = "mapped-xattr",
     aname: str = "",
     version: str = "9p2000.L",
     mount_opts: str = "",
@@ -217,6 +223,10 @@ def run_guest(
     * ``"fd"``: the server listens on the host Unix socket ``socket_path``; QEMU
       connects to it and exposes it as the virtio-serial port ``p9share.9p``; the
       guest mounts with ``trans=fd,rfdno=3,wfdno=4`` through a FIFO relay.
+    * ``"virtio"``: no host server; QEMU's built-in virtio-9p device serves the host
+      directory ``virtio_dir`` (``-fsdev local,security_model=virtio_security``:
+      mapped-xattr, mapped-file, passthrough or none) and the guest mounts the tag
+      ``p9share`` with ``trans=virtio``.
     * ``"none"``: no mount.
 
     ``mount_opts`` is appended last, so it overrides the defaults. ``extra_files``
@@ -231,8 +241,8 @@ def run_guest(
     codes. Raises :class:`VMLabError` when the host cannot run a guest at all, and
     ValueError for bad arguments.
     """
-    if transport not in ("tcp", "fd", "none"):
-        raise ValueError(f"transport must be tcp, fd or none, not {transport!r}")
+    if transport not in ("tcp", "fd", "virtio", "none"):
+        raise ValueError(f"transport must be tcp, fd, virtio or none, not {transport!r}")
     if transport == "tcp" and not (isinstance(port, int) and 0 < port < 65536):
         raise ValueError("transport 'tcp' needs port=N (the server's port on 127.0.0.1)")
     sock: Path | None = None
@@ -244,6 +254,20 @@ def run_guest(
             raise VMLabError(f"{sock} is not a Unix socket (is the 9P server listening there?)")
         if "," in str(sock):
             raise ValueError("socket_path must not contain ',' (QEMU option syntax)")
+    share: Path | None = None
+    if transport == "virtio":
+        if virtio_dir is None:
+            raise ValueError("transport 'virtio' needs virtio_dir= (the host directory to share)")
+        if virtio_security not in VIRTIO_SECURITY_MODELS:
+            raise ValueError(
+                f"virtio_security must be one of {', '.join(VIRTIO_SECURITY_MODELS)}, "
+                f"not {virtio_security!r}"
+            )
+        share = Path(virtio_dir).resolve()
+        if not share.is_dir():
+            raise VMLabError(f"virtio_dir {share} is not a directory")
+        if "," in str(share):
+            raise ValueError("virtio_dir must not contain ',' (QEMU option syntax)")
     if assets is None:
         assets = setup()
 
@@ -288,6 +312,11 @@ def run_guest(
             "-chardev", f"socket,id=c9p,path={sock}",
             "-device", "virtio-serial-pci,id=vser0",
             "-device", f"virtserialport,bus=vser0.0,chardev=c9p,name={FD_PORT_NAME}",
+        ]  # fmt: skip
+    if share is not None:
+        cmd += [
+            "-fsdev", f"local,id=fs9p,path={share},security_model={virtio_security}",
+            "-device", f"virtio-9p-pci,fsdev=fs9p,mount_tag={VIRTIO_TAG}",
         ]  # fmt: skip
     (run_dir / "qemu.cmd").write_text(shlex.join(cmd) + "\n")
     (run_dir / "script.sh").write_text(script)
