@@ -577,20 +577,24 @@ class Session:
     def link(self, msg: m.Tlink) -> m.Message:
         d = self._dir_change(msg.dfid, msg.name)
         try:
-            t = self._fid(msg.fid)
-            try:
-                self._need_node(t)
-                if t.export is not d.export:
-                    raise PolicyError(errno.EXDEV, "link across exports", "cross-export")
-                self.policy.check_hardlink(d.rights)
-                if t.is_dir:
-                    raise OSError(errno.EPERM, "hard link to a directory")
-                d.backend.link(d.node, t.node, msg.name)
-            finally:
-                self._done(t)
+            self._hard_link(d, msg.fid, msg.name)
             return m.Rlink()
         finally:
             self._done(d)
+
+    def _hard_link(self, d: Fid, target: int, name: str) -> None:
+        """Link the file of fid `target` as d/name (Tlink, .u Tcreate DMLINK)."""
+        t = self._fid(target)
+        try:
+            self._need_node(t)
+            if t.export is not d.export:
+                raise PolicyError(errno.EXDEV, "link across exports", "cross-export")
+            self.policy.check_hardlink(d.rights)
+            if t.is_dir:
+                raise OSError(errno.EPERM, "hard link to a directory")
+            d.backend.link(d.node, t.node, name)
+        finally:
+            self._done(t)
 
     def rename(self, msg: m.Trename) -> m.Message:
         d = self._dir_change(msg.dfid, msg.name)
@@ -901,17 +905,7 @@ class Session:
                 target_num = int(msg.extension, 10)
             except ValueError:
                 raise OSError(errno.EINVAL, f"bad link target fid {msg.extension!r}") from None
-            t = self._fid(target_num)
-            try:
-                self._need_node(t)
-                if t.export is not f.export:
-                    raise PolicyError(errno.EXDEV, "link across exports", "cross-export")
-                self.policy.check_hardlink(f.rights)
-                if t.is_dir:
-                    raise OSError(errno.EPERM, "hard link to a directory")
-                f.backend.link(f.node, t.node, msg.name)
-            finally:
-                self._done(t)
+            self._hard_link(f, target_num, msg.name)
         else:
             kind, rdev = stat_mod.S_IFIFO, 0
             if perm & c.DMSOCKET:
