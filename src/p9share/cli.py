@@ -230,6 +230,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.stop()
         audit.close()
         raise
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        server.stop()
+
+    def reload(_signum: int, _frame: object) -> None:
+        if not args.config:
+            log.warning("SIGHUP: no policy file to reload (serving the command line's exports)")
+            return
+        try:
+            new, _ = load_checked(args.config)
+            closed = server.reload(new.policy)
+        except Exception as e:
+            log.error("SIGHUP: policy not reloaded, the old one stays: %s", e)
+            audit.emit("reload", ok=False, policy=args.config, reason=str(e))
+            return
+        log.info("SIGHUP: policy %s reloaded; %d connections closed", args.config, len(closed))
+        audit.emit("reload", ok=True, policy=args.config, closed=closed)
+
+    # handlers before serving: a SIGHUP or SIGTERM never finds the default action
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, reload)
     server.start()
     for exp in policy.exports.values():
         log.info("export %r: %s%s (ids: %s)", exp.name, exp.path,
@@ -251,27 +274,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                policy=cfg.source)  # fmt: skip
     sys.stderr.flush()
 
-    def stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        server.stop()
-
-    def reload(_signum: int, _frame: object) -> None:
-        if not args.config:
-            log.warning("SIGHUP: no policy file to reload (serving the command line's exports)")
-            return
-        try:
-            new, _ = load_checked(args.config)
-            closed = server.reload(new.policy)
-        except (ConfigError, OSError) as e:
-            log.error("SIGHUP: policy not reloaded, the old one stays: %s", e)
-            audit.emit("reload", ok=False, policy=args.config, reason=str(e))
-            return
-        log.info("SIGHUP: policy %s reloaded; %d connections closed", args.config, len(closed))
-        audit.emit("reload", ok=True, policy=args.config, closed=closed)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, reload)
     while not server.wait(1.0):
         pass
     server.stop()

@@ -11,9 +11,11 @@ import pytest
 
 from p9share.backend.hostfs import HostBackend
 from p9share.client.raw import RawClient, ServerError
+from p9share.conformance.cases.classic import blank_stat
 from p9share.policy import Export, Policy
 from p9share.protocol import constants as c
 from p9share.protocol import messages as m
+from p9share.protocol.constants import Dialect
 from p9share.server.server import Server
 from p9share.server.transport import parse_address
 
@@ -101,3 +103,83 @@ def test_byte_quota(quota_server: Callable[[], RawClient]) -> None:
     assert err(cl, m.Twrite(1, 3000, b"f" * 900)) == errno.EDQUOT
     assert err(cl, m.Tunlinkat(0, "old", 0)) == 0
     assert cl.rpc(m.Twrite(1, 3000, b"f" * 900)) == m.Rwrite(900)
+
+
+# ------------------------------------------------------------------------------
+# The same limits through every path: 9P2000.u Tcreate/Twstat and O_APPEND writes.
+
+
+def dotu(addr: str) -> RawClient:
+    cl = RawClient.connect(addr, timeout=10)
+    cl.dialect = Dialect.P9P2000U
+    cl.version()
+    cl.attach(0, "")
+    return cl
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "q"
+    root.mkdir()
+    exp = Export("q", str(root), quota_bytes=3000, quota_files=3, max_file_size=2000)
+    srv = Server(Policy({"q": exp}))
+    yield str(srv.listen(parse_address("tcp:127.0.0.1:0"))), root
+    srv.stop()
+
+
+def test_dotu_create_is_charged_to_the_file_quota(limited: tuple[str, Path]) -> None:
+    addr, root = limited
+    cl = dotu(addr)
+    made = []
+    for i in range(5):
+        cl.walk(0, 1, [])
+        try:
+            cl.rpc(m.Tcreate(1, f"f{i}", 0o644, c.ORDWR, ""))
+            made.append(i)
+        except ServerError as e:
+            assert e.errno == errno.EDQUOT
+        cl.rpc(m.Tclunk(1))
+    assert made == [0, 1, 2]
+    cl.walk(0, 1, [])
+    assert err(cl, m.Tcreate(1, "s", c.DMSYMLINK | 0o777, c.OREAD, "f0")) == errno.EDQUOT
+    assert err(cl, m.Tcreate(1, "d", c.DMDIR | 0o755, c.OREAD, "")) == errno.EDQUOT
+    assert sorted(os.listdir(root)) == ["f0", "f1", "f2"]
+
+
+def test_dotu_wstat_length_is_charged_and_bounded(limited: tuple[str, Path]) -> None:
+    addr, root = limited
+    cl = dotu(addr)
+    for name in ("a", "b"):
+        cl.walk(0, 1, [])
+        cl.rpc(m.Tcreate(1, name, 0o644, c.ORDWR, ""))
+        cl.rpc(m.Tclunk(1))
+    cl.walk(0, 1, ["a"])
+    cl.walk(0, 2, ["b"])
+    assert err(cl, m.Twstat(1, blank_stat(length=2500))) == errno.EFBIG  # max_file_size
+    assert err(cl, m.Twstat(1, blank_stat(length=2000))) == 0
+    assert err(cl, m.Twstat(2, blank_stat(length=1500))) == errno.EDQUOT  # 3500 > 3000
+    assert err(cl, m.Twstat(1, blank_stat(length=500))) == 0  # gives 1500 back
+    assert err(cl, m.Twstat(2, blank_stat(length=1500))) == 0
+    assert [(root / n).stat().st_size for n in ("a", "b")] == [500, 1500]
+
+
+def test_appends_are_bounded_where_they_land(limited: tuple[str, Path]) -> None:
+    addr, root = limited
+    cl = RawClient.connect(addr, timeout=10)
+    cl.version()
+    cl.attach(0, "")
+    cl.walk(0, 1, [])
+    cl.rpc(m.Tlcreate(1, "log", c.L_O_WRONLY | c.L_O_APPEND, 0o644, 0))
+    for _ in range(4):  # offset 0, but each lands at the end
+        assert cl.rpc(m.Twrite(1, 0, b"x" * 500)) == m.Rwrite(500)
+    assert err(cl, m.Twrite(1, 0, b"x" * 500)) == errno.EFBIG  # 2500 > max_file_size
+    assert (root / "log").stat().st_size == 2000
+
+
+def test_dotu_bad_device_numbers_are_einval(limited: tuple[str, Path]) -> None:
+    addr, _root = limited
+    cl = dotu(addr)
+    for ext in ("c \u00b2 1", "c 1 99999999999", "x 1 1", "c 1"):
+        cl.walk(0, 1, [])
+        assert err(cl, m.Tcreate(1, "dev", c.DMDEVICE | 0o644, c.OREAD, ext)) == errno.EINVAL
+        cl.rpc(m.Tclunk(1))

@@ -125,6 +125,7 @@ class Server:
         self._threads: list[threading.Thread] = []
         self._retired: list[Backend] = []  # backends replaced by a reload
         self._pending: list[Callable[[], None]] = []  # bound, not yet served
+        self._reload_lock = threading.RLock()
 
     # ------------------------------------------------------------- set-up --
     def listen(
@@ -275,6 +276,10 @@ class Server:
     def _start_connection(self, sock: socket.socket, peer: Peer, oneshot: bool = False) -> None:
         """Serve sock on a new thread. A oneshot connection (an inherited fd)
         stops the server when it ends if there is no listener left to serve."""
+        with self._reload_lock:  # a reload never misses a session being made
+            self._admit(sock, peer, oneshot)
+
+    def _admit(self, sock: socket.socket, peer: Peer, oneshot: bool) -> None:
         if not self.policy.admits(peer):
             log.warning("%s: refused: no client matches this connection", peer)
             self.audit.emit("refused", peer=str(peer), reason="no client matches")
@@ -335,6 +340,10 @@ class Server:
         matches, or when an export it attached was removed or changed, or its
         rights there changed; the others carry on under the new policy.
         Returns the peers whose connections were closed."""
+        with self._reload_lock:
+            return self._reload(policy)
+
+    def _reload(self, policy: Policy) -> list[str]:
         old = self.policy
         changed = {n for n, e in old.exports.items() if policy.exports.get(n) != e}
         backends = {n: b for n, b in self.backends.items() if n not in changed}
@@ -351,7 +360,9 @@ class Server:
         for conn in conns:
             sess = conn.session
             if self._keeps(sess, old, policy, changed):
-                sess.policy, sess.backends, sess.quotas = policy, backends, quotas
+                # backends first: an attach racing this sees every export it can select
+                sess.backends, sess.quotas = backends, quotas
+                sess.policy = policy
                 sess.keyring = keyring
                 sess.client = policy.identify(sess.peer_info, sess.auth_key)
             else:

@@ -185,6 +185,15 @@ class Session:
 
     @staticmethod
     def _owner(f: Fid, gid: int) -> Owner:
+        """Who a file created through directory fid f belongs to. Without a
+        gid (9P2000.u Tcreate, or a client that sends none) the file takes
+        the directory's group, as on Plan 9, never the server's own."""
+        if gid == c.NONUNAME and f.export.idmap.mode != "squash":
+            a = f.backend.getattr(f.node)
+            try:
+                return f.export.idmap.owner(f.uid, f.export.idmap.guest_ids(a.uid, a.gid)[1])
+            except PolicyError:
+                pass  # the directory's group has no guest meaning: the host's default
         return f.export.idmap.owner(f.uid, gid)
 
     # quotas: a new file is charged before it is made and refunded if making
@@ -219,14 +228,25 @@ class Session:
         if q is not None:
             q.refund(*freed)
 
-    def _grow(self, f: Fid, end: int) -> None:
-        """Charge the bytes a write or truncate to `end` adds to the file."""
+    def _grow(self, f: Fid, end: int) -> int:
+        """Charge the bytes a write or truncate to `end` adds to the file;
+        returns the charge (to give back if the operation fails)."""
         q = self.quotas.get(f.export.name)
         if q is None or not f.export.quota_bytes:
-            return
+            return 0
         size = f.backend.getattr(f.node).size
-        if end > size:
-            q.charge(nbytes=end - size)
+        if end <= size:
+            return 0
+        q.charge(nbytes=end - size)
+        return end - size
+
+    def _apply(self, f: Fid, changes: SetAttr, charged: int) -> None:
+        """backend.setattr, giving a size charge back if it fails."""
+        try:
+            f.backend.setattr(f.node, changes, f.file)
+        except BaseException:
+            self._refund(f, (charged, 0))
+            raise
 
     # ------------------------------------------------------ session and fids --
     def auth(self, msg: m.Tauth) -> m.Message:
@@ -309,7 +329,9 @@ class Session:
                             aname=msg.aname, uname=msg.uname, key=key_id, rule=e.rule,
                             reason=e.reason)  # fmt: skip
             raise
-        backend = self.backends[export.name]
+        backend = self.backends.get(export.name)
+        if backend is None:  # a reload is replacing the export right now
+            raise OSError(errno.ENOENT, f"export {export.name!r} is being reloaded")
         uid = msg.n_uname if msg.n_uname != c.NONUNAME else _uid_of(msg.uname)
         node = backend.root()
         f = Fid(msg.fid, export, backend, node, uid, is_dir=True, rights=rights,
@@ -396,7 +418,9 @@ class Session:
                 f.backend.xattr_set(f.node, xw.name, bytes(xw.data), xw.flags)
         if f.remove_on_clunk:
             f.remove_on_clunk = False
+            freed = _freed_by(f.backend.getattr(f.node)) if f.export.name in self.quotas else (0, 0)
             f.backend.remove(f.node)
+            self._refund(f, freed)
 
     def remove(self, msg: m.Tremove) -> m.Message:
         f = self._fid(msg.fid)
@@ -451,11 +475,19 @@ class Session:
             assert f.file is not None
             if f.open_flags & os.O_ACCMODE == os.O_RDONLY:
                 raise OSError(errno.EBADF, "fid is not open for writing")
-            self.policy.check_size(f.export, msg.offset + len(msg.data))
+            end = msg.offset + len(msg.data)
+            limited = f.export.max_file_size or f.export.name in self.quotas
+            if f.open_flags & os.O_APPEND and limited:
+                end = f.backend.getattr(f.node).size + len(msg.data)  # appends land at the end
+            self.policy.check_size(f.export, end)
             if not f.setid_checked:
                 self._drop_setid(f)
-            self._grow(f, msg.offset + len(msg.data))
-            n = f.backend.write(f.file, msg.offset, msg.data)
+            grown = self._grow(f, end)
+            try:
+                n = f.backend.write(f.file, msg.offset, msg.data)
+            except BaseException:
+                self._refund(f, (grown, 0))
+                raise
             return m.Rwrite(n)
         finally:
             self._done(f)
@@ -677,12 +709,12 @@ class Session:
                 msg.uid if v & c.SetattrValid.UID else None,
                 msg.gid if v & c.SetattrValid.GID else None,
             )
-            shrink = 0
+            shrink = grown = 0
             if v & c.SetattrValid.SIZE:
                 self.policy.check_size(f.export, msg.size)
                 if f.export.name in self.quotas:
                     shrink = max(0, f.backend.getattr(f.node).size - msg.size)
-                    self._grow(f, msg.size)
+                    grown = self._grow(f, msg.size)
             mode = None
             if v & c.SetattrValid.MODE:
                 mode = self.policy.new_mode(f.rights, msg.mode & 0o7777)
@@ -700,7 +732,7 @@ class Session:
                 ctime=bool(v & c.SetattrValid.CTIME),
             )  # fmt: skip
             if v:
-                f.backend.setattr(f.node, ch, f.file)
+                self._apply(f, ch, grown)
                 self._refund(f, (shrink, 0))
             return m.Rsetattr()
         finally:
@@ -872,7 +904,7 @@ class Session:
                 flags = classic_to_host(msg.mode)
                 if wants_write(flags):
                     raise OSError(errno.EISDIR, "directories open read-only")
-                f.backend.mkdir(f.node, msg.name, mode_bits, owner)
+                self._new_file(f, lambda: f.backend.mkdir(f.node, msg.name, mode_bits, owner))
                 self._become_child(f, msg.name)
                 f.file = f.backend.open(f.node, os.O_RDONLY | os.O_DIRECTORY)
                 f.open_flags = os.O_RDONLY | os.O_DIRECTORY
@@ -880,7 +912,8 @@ class Session:
                 self._create_special(f, msg, mode_bits, owner)
             else:
                 flags = classic_to_host(msg.mode) | os.O_CREAT | os.O_EXCL
-                node, file = f.backend.create(f.node, msg.name, flags, mode_bits, owner)
+                node, file = self._new_file(f, lambda: f.backend.create(
+                    f.node, msg.name, flags, mode_bits, owner))  # fmt: skip
                 old = f.node
                 f.node, f.file, f.open_flags, f.is_dir = node, file, flags, False
                 f.path, f.setid_checked = _walked(f.path, [msg.name]), True
@@ -899,7 +932,7 @@ class Session:
             self.policy.check_symlink(f.rights)
             if not msg.extension:
                 raise OSError(errno.ENOENT, "empty symlink target")
-            f.backend.symlink(f.node, msg.name, msg.extension, owner)
+            self._new_file(f, lambda: f.backend.symlink(f.node, msg.name, msg.extension, owner))
         elif perm & c.DMLINK:
             try:
                 target_num = int(msg.extension, 10)
@@ -913,7 +946,8 @@ class Session:
             elif perm & c.DMDEVICE:
                 kind, rdev = _parse_device(msg.extension)
             self.policy.check_mknod(f.rights, kind)
-            f.backend.mknod(f.node, msg.name, kind | mode_bits, rdev, owner)
+            self._new_file(f, lambda: f.backend.mknod(f.node, msg.name, kind | mode_bits, rdev,
+                                                      owner))  # fmt: skip
         self._become_child(f, msg.name)
 
     def _become_child(self, f: Fid, name: str) -> None:
@@ -990,6 +1024,7 @@ class Session:
                     raise OSError(errno.EINVAL, "length out of range")
                 self.policy.check_size(f.export, st.length)
                 changes.size = st.length
+            shrink = 0
             if st.atime != 0xFFFFFFFF:
                 changes.atime = st.atime * 1_000_000_000
             if st.mtime != 0xFFFFFFFF:
@@ -1007,7 +1042,12 @@ class Session:
                 return m.Rwstat()
             self.policy.check_write(f.rights)
             if changes != SetAttr():
-                f.backend.setattr(f.node, changes, f.file)
+                grown = 0
+                if changes.size is not None and f.export.name in self.quotas:
+                    shrink = max(0, f.backend.getattr(f.node).size - changes.size)
+                    grown = self._grow(f, changes.size)
+                self._apply(f, changes, grown)
+                self._refund(f, (shrink, 0))
             if name:
                 if not f.path.strip("/"):
                     raise OSError(errno.EBUSY, "the export root cannot be renamed")
@@ -1136,7 +1176,11 @@ def _dm_setid(mode: int) -> int:
 def _parse_device(ext: str) -> tuple[int, int]:
     """'c MAJOR MINOR' or 'b MAJOR MINOR' of a 9P2000.u Tcreate with DMDEVICE."""
     parts = ext.split()
-    if len(parts) != 3 or parts[0] not in ("b", "c") or not all(p.isdigit() for p in parts[1:]):
+    if (
+        len(parts) != 3
+        or parts[0] not in ("b", "c")
+        or not all(p.isascii() and p.isdigit() and int(p) < 1 << 32 for p in parts[1:])
+    ):
         raise OSError(errno.EINVAL, f"bad device description {ext!r}")
     kind = stat_mod.S_IFCHR if parts[0] == "c" else stat_mod.S_IFBLK
     return kind, os.makedev(int(parts[1]), int(parts[2]))
