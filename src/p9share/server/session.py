@@ -1150,27 +1150,22 @@ def _uid_of(uname: str) -> int:
     return 65534
 
 
+# 9P2000.u mode bits and the host's set-id and sticky bits
+_DOTU_MODE_BITS = (
+    (c.DMSETUID, stat_mod.S_ISUID),
+    (c.DMSETGID, stat_mod.S_ISGID),
+    (c.DMSETVTX, stat_mod.S_ISVTX),
+)
+
+
 def _dotu_setid(perm: int) -> int:
     """Host set-id and sticky bits for 9P2000.u DMSETUID/DMSETGID/DMSETVTX."""
-    out = 0
-    if perm & c.DMSETUID:
-        out |= stat_mod.S_ISUID
-    if perm & c.DMSETGID:
-        out |= stat_mod.S_ISGID
-    if perm & c.DMSETVTX:
-        out |= stat_mod.S_ISVTX
-    return out
+    return sum(host for dm, host in _DOTU_MODE_BITS if perm & dm)
 
 
 def _dm_setid(mode: int) -> int:
-    out = 0
-    if mode & stat_mod.S_ISUID:
-        out |= c.DMSETUID
-    if mode & stat_mod.S_ISGID:
-        out |= c.DMSETGID
-    if mode & stat_mod.S_ISVTX:
-        out |= c.DMSETVTX
-    return out
+    """The 9P2000.u bits for a host mode's set-id and sticky bits."""
+    return sum(dm for dm, host in _DOTU_MODE_BITS if mode & host)
 
 
 def _parse_device(ext: str) -> tuple[int, int]:
