@@ -541,10 +541,7 @@ class Session:
     def lcreate(self, msg: m.Tlcreate) -> m.Message:
         f = self._fid(msg.fid)
         try:
-            self._need_dir(f)
-            self._need_unopened(f)
-            self.policy.check_new_name(msg.name)
-            self.policy.check_write(f.rights)
+            self._check_create(f, msg.name)
             flags = dotl_create_flags(msg.flags)
             mode = self.policy.new_mode(f.rights, msg.mode & 0o7777)
             node, file = self._new_file(f, lambda: f.backend.create(
@@ -557,6 +554,14 @@ class Session:
             return m.Rlcreate(node.qid, self._iounit())
         finally:
             self._done(f)
+
+    def _check_create(self, f: Fid, name: str) -> None:
+        """What Tlcreate and Tcreate ask first: an unopened directory fid, a
+        good new name, and a writable grant."""
+        self._need_dir(f)
+        self._need_unopened(f)
+        self.policy.check_new_name(name)
+        self.policy.check_write(f.rights)
 
     def _dir_change(self, dfid: int, name: str) -> Fid:
         d = self._fid(dfid)
@@ -890,10 +895,7 @@ class Session:
     def create(self, msg: m.Tcreate) -> m.Message:
         f = self._fid(msg.fid)
         try:
-            self._need_dir(f)
-            self._need_unopened(f)
-            self.policy.check_new_name(msg.name)
-            self.policy.check_write(f.rights)
+            self._check_create(f, msg.name)
             perm = msg.perm
             special = perm & (c.DMSYMLINK | c.DMLINK | c.DMDEVICE | c.DMNAMEDPIPE | c.DMSOCKET)
             if perm & (c.DMAUTH | c.DMMOUNT) or (special and not self._dotu):
