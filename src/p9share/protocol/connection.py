@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
+import struct
 from dataclasses import dataclass
 
 from .constants import (
@@ -21,13 +22,16 @@ from .constants import (
 )
 from .messages import (
     DIALECT_MESSAGES,
+    Decoder,
+    Encoder,
     Message,
     Rerror,
     Rlerror,
     Rversion,
     Tversion,
     decode_body,
-    encode_parts,
+    encoders,
+    request_decoders,
 )
 from .wire import HEADER, U32, ProtocolError
 
@@ -98,6 +102,9 @@ class ServerConnection:
         self.dialects = dialects
         self.msize = max_msize  # limit on incoming frames until negotiated
         self.dialect: Dialect | None = None
+        # the negotiated dialect's codec: requests allowed now, reply encoders
+        self._requests: dict[int, Decoder] = {}
+        self._encoders: dict[type[Message], Encoder] = encoders(Dialect.P9P2000)
         self._buf = bytearray()
         self._closed = False
 
@@ -139,6 +146,20 @@ class ServerConnection:
     def parse_frame(self, frame: memoryview) -> Request | BadRequest:
         """Decode one complete frame (its size already checked)."""
         _, mtype, tag = HEADER.unpack_from(frame, 0)
+        dec = self._requests.get(mtype)
+        if dec is None:
+            return self._parse_other(frame, mtype, tag)
+        if tag == NOTAG:
+            return BadRequest(tag, mtype, "NOTAG is only for Tversion", errno_mod.EINVAL)
+        try:
+            return Request(tag, dec(frame[HEADER_SIZE:]))
+        except ProtocolError as e:
+            return BadRequest(tag, mtype, str(e), errno_mod.EPROTO)
+        except (struct.error, ValueError, TypeError) as e:  # defensive, as decode_body
+            return BadRequest(tag, mtype, str(e), errno_mod.EPROTO)
+
+    def _parse_other(self, frame: memoryview, mtype: int, tag: int) -> Request | BadRequest:
+        """Tversion, or a request the negotiated dialect does not allow now."""
         if mtype == MsgType.TVERSION:
             try:
                 msg = decode_body(mtype, frame[HEADER_SIZE:], Dialect.P9P2000)
@@ -149,16 +170,11 @@ class ServerConnection:
             return BadRequest(tag, mtype, "Tversion must come first", errno_mod.EPROTO)
         if tag == NOTAG:
             return BadRequest(tag, mtype, "NOTAG is only for Tversion", errno_mod.EINVAL)
-        if mtype not in DIALECT_MESSAGES[self.dialect] or mtype % 2:
-            return BadRequest(
-                tag, mtype, f"message type {mtype} is not a {self.dialect.value} request",
-                errno_mod.EOPNOTSUPP,
-            )  # fmt: skip
-        try:
-            msg = decode_body(mtype, frame[HEADER_SIZE:], self.dialect)
-        except ProtocolError as e:
-            return BadRequest(tag, mtype, str(e), errno_mod.EPROTO)
-        return Request(tag, msg)
+        assert mtype not in DIALECT_MESSAGES[self.dialect] or mtype % 2
+        return BadRequest(
+            tag, mtype, f"message type {mtype} is not a {self.dialect.value} request",
+            errno_mod.EOPNOTSUPP,
+        )  # fmt: skip
 
     # ---- session
     def version(self, req: Tversion) -> Rversion:
@@ -168,9 +184,14 @@ class ServerConnection:
         if reply.version == VERSION_UNKNOWN:
             self.dialect = None
             self.msize = self.max_msize
+            self._requests = {}
+            self._encoders = encoders(Dialect.P9P2000)
         else:
             self.dialect = parse_version(reply.version)
             self.msize = reply.msize
+            assert self.dialect is not None
+            self._requests = request_decoders(self.dialect)
+            self._encoders = encoders(self.dialect)
         return reply
 
     # ---- output
@@ -186,9 +207,10 @@ class ServerConnection:
     def encode(self, tag: int, msg: Message) -> list[bytes | memoryview]:
         """Encode a reply as send buffers. A reply that would exceed msize is a
         server bug; it is replaced by an error so the client never sees one."""
-        dialect = self.dialect or Dialect.P9P2000
-        parts = encode_parts(msg, tag, dialect)
-        (size,) = U32.unpack_from(parts[0], 0)
+        parts = self._encoders[type(msg)](msg)
+        size = HEADER_SIZE + sum(map(len, parts))
         if size > self.msize:
-            parts = encode_parts(self.error_reply(errno_mod.EMSGSIZE), tag, dialect)
+            parts = self._encoders[type(err := self.error_reply(errno_mod.EMSGSIZE))](err)
+            msg, size = err, HEADER_SIZE + sum(map(len, parts))
+        parts.insert(0, HEADER.pack(size, msg.TYPE, tag))
         return parts

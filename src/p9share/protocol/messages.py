@@ -991,17 +991,35 @@ def _make_encoder(cls: type[Message], dialect: Dialect) -> Encoder:
     return encode
 
 
-_DECODERS: dict[tuple[int, Dialect], Decoder] = {}
-_ENCODERS: dict[tuple[type[Message], Dialect], Encoder] = {}
+# One table per dialect, keyed by plain ints and classes: a (type, Dialect)
+# key would hash an Enum in Python on every message.
+_DECODERS: dict[Dialect, dict[int, Decoder]] = {d: {} for d in Dialect}
+_ENCODERS: dict[Dialect, dict[type[Message], Encoder]] = {d: {} for d in Dialect}
 for _cls in ALL_MESSAGES:
     for _d in Dialect:
-        _DECODERS[(int(_cls.TYPE), _d)] = _make_decoder(_cls, _d)
-        _ENCODERS[(_cls, _d)] = _make_encoder(_cls, _d)
+        _DECODERS[_d][int(_cls.TYPE)] = _make_decoder(_cls, _d)
+        _ENCODERS[_d][_cls] = _make_encoder(_cls, _d)
+
+
+def request_decoders(dialect: Dialect) -> dict[int, Decoder]:
+    """The decoders of the requests a server accepts in dialect, by type
+    (Tversion excluded: it is valid in every state and decoded as 9P2000)."""
+    allowed = DIALECT_MESSAGES[dialect]
+    return {
+        t: dec
+        for t, dec in _DECODERS[dialect].items()
+        if t in allowed and t % 2 == 0 and t != MsgType.TVERSION
+    }
+
+
+def encoders(dialect: Dialect) -> dict[type[Message], Encoder]:
+    """Body encoders of every message in dialect, by class (see encode_parts)."""
+    return _ENCODERS[dialect]
 
 
 def encode_parts(msg: Message, tag: int, dialect: Dialect) -> list[bytes | memoryview]:
     """Encode as a list of buffers (header first) for sendmsg without a join."""
-    parts = _ENCODERS[(type(msg), dialect)](msg)
+    parts = _ENCODERS[dialect][type(msg)](msg)
     size = 7 + sum(map(len, parts))
     if size > 0xFFFFFFFF:
         raise ValueError("message too large")
@@ -1015,7 +1033,7 @@ def encode_message(msg: Message, tag: int, dialect: Dialect = Dialect.P9P2000L) 
 
 def decode_body(mtype: int, body: memoryview, dialect: Dialect) -> Message:
     """Decode a message body of a known type. Raises ProtocolError."""
-    dec = _DECODERS.get((mtype, dialect))
+    dec = _DECODERS[dialect].get(mtype)
     if dec is None:
         raise ProtocolError(f"unknown message type {mtype}")
     try:
