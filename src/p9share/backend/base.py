@@ -18,11 +18,14 @@ import abc
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+from ..protocol.constants import QidType
 from ..protocol.wire import Qid
+
+_QTDIR = int(QidType.DIR)  # a plain int: IntFlag arithmetic is slow
 
 
 def fail(err: int, detail: str | None = None) -> NoReturn:
@@ -160,7 +163,34 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def release(self, node: Node) -> None:
-        """Drop a reference returned by root, walk, clone or create."""
+        """Drop a reference returned by root, walk, clone, walk_names or create."""
+
+    def walk_names(self, node: Node, names: Sequence[str]) -> tuple[Node | None, list[Qid]]:
+        """Twalk in one call: walk names one by one from node. Returns (a new
+        reference to the file reached, one qid per name); with no names, a
+        clone. When a later name fails: (None, the qids of the names walked),
+        a partial walk; when the first fails, its error is raised.
+
+        This default is built on walk/clone/release; a backend may do it in
+        fewer host calls (a qid from the same stat that walked there)."""
+        cur = self.clone(node)
+        qids: list[Qid] = []
+        qid = cur.qid  # a property that may stat: read it once per node
+        try:
+            for name in names:
+                if not qid.type & _QTDIR:
+                    fail(errno.ENOTDIR, "not a directory")
+                nxt = self.walk(cur, name)
+                self.release(cur)
+                cur = nxt
+                qid = cur.qid
+                qids.append(qid)
+        except OSError:
+            self.release(cur)
+            if not qids:
+                raise
+            return None, qids
+        return cur, qids
 
     # ---- attributes
     @abc.abstractmethod

@@ -363,26 +363,12 @@ class Session:
             for name in msg.wnames:
                 self.policy.check_walk_name(name)
             backend = f.backend
-            node = backend.clone(f.node)
-            qids: list[Qid] = []
-            qid = node.qid  # a property that may stat: read it once per node
-            try:
-                for name in msg.wnames:
-                    if not qid.type & _QTDIR:
-                        raise OSError(errno.ENOTDIR, "not a directory")
-                    nxt = backend.walk(node, name)
-                    backend.release(node)
-                    node = nxt
-                    qid = node.qid
-                    qids.append(qid)
-            except OSError:
-                backend.release(node)
-                if not qids:
-                    raise
+            node, qids = backend.walk_names(f.node, msg.wnames)
+            if node is None:
                 return m.Rwalk(qids)  # partial walk: newfid is not created
             new = Fid(
                 msg.newfid, f.export, backend, node, f.uid,
-                is_dir=bool(qid.type & _QTDIR), rights=f.rights,
+                is_dir=bool(qids[-1].type & _QTDIR) if qids else f.is_dir, rights=f.rights,
                 path=_walked(f.path, msg.wnames), auth_key=f.auth_key,
             )  # fmt: skip
             if msg.newfid == msg.fid:
