@@ -1067,10 +1067,14 @@ class HostBackend(Backend):
             try:
                 st = os.fstat(fd)
                 try:
-                    if owner is not None:
+                    # skipped when already so (two host calls per create):
+                    # the end state is the same, mode exact whatever our umask
+                    chown = owner is not None and owner != (st.st_uid, st.st_gid)
+                    if chown:
+                        assert owner is not None
                         os.fchown(fd, owner[0], owner[1])
-                    if owner is not None or stat.S_IMODE(st.st_mode) != mode:
-                        os.fchmod(fd, mode)  # exact mode, whatever our umask
+                    if chown or stat.S_IMODE(st.st_mode) != mode:
+                        os.fchmod(fd, mode)  # after fchown, which may clear set-id bits
                 except OSError:
                     self._undo_create(d.fd, name, st)
                     raise

@@ -875,6 +875,8 @@ def _make_decoder(cls: type[Message], dialect: Dialect) -> Decoder:
 
     convs = [_fixed_values(fn) if k == "fixed" else None for k, _, fn in steps]
     positional = _positional(cls, names)
+    if positional and all(k in ("fixed", "s", "data", "wnames") for k, _, _ in steps):
+        return _compiled_decoder(cls, steps, convs)
 
     def decode(body: memoryview) -> Message:
         off = 0
@@ -943,6 +945,73 @@ def _make_decoder(cls: type[Message], dialect: Dialect) -> Decoder:
         return cls(**dict(zip(names, values, strict=True)))
 
     return decode
+
+
+def _decode_wnames(body: memoryview, off: int, end: int) -> tuple[list[str], int]:
+    if off + 2 > end:
+        raise ProtocolError("nwname missing")
+    (n,) = U16.unpack_from(body, off)
+    off += 2
+    if n > MAXWELEM:
+        raise ProtocolError(f"nwname {n} exceeds {MAXWELEM}")
+    names = []
+    for _ in range(n):
+        name, off = decode_string(body, off)
+        names.append(name)
+    return names, off
+
+
+def _compiled_decoder(
+    cls: type[Message],
+    steps: list[tuple[str, Any, list[str]]],
+    convs: list[Callable[[tuple[int, ...]], tuple[Any, ...]] | None],
+) -> Decoder:
+    """Straight-line decoder for a message of fixed runs, strings, data and
+    names (Twalk, Tlcreate, Twrite, ...): what the generic loop does, with the
+    step list unrolled at import. Same checks, same error texts."""
+    name = cls.__name__
+    env: dict[str, Any] = {
+        "cls": cls, "ProtocolError": ProtocolError, "decode_string": decode_string,
+        "u32": U32.unpack_from, "wnames": _decode_wnames,
+    }  # fmt: skip
+    lines = ["def decode(body):", "    end = len(body)", "    off = 0"]
+    args: list[str] = []
+    for i, ((kind, st, _), conv) in enumerate(zip(steps, convs, strict=True)):
+        if kind == "fixed":
+            env[f"unpack{i}"], env[f"conv{i}"] = st.unpack_from, conv
+            lines += [
+                f"    if off + {st.size} > end:",
+                f"        raise ProtocolError('{name} too short')",
+                f"    v{i} = conv{i}(unpack{i}(body, off))",
+                f"    off += {st.size}",
+            ]
+            args.append(f"*v{i}")
+        elif kind == "s":
+            lines.append(f"    v{i}, off = decode_string(body, off)")
+            args.append(f"v{i}")
+        elif kind == "data":
+            lines += [
+                "    if off + 4 > end:",
+                f"        raise ProtocolError('{name} count missing')",
+                "    (n,) = u32(body, off)",
+                "    off += 4",
+                "    if off + n > end:",
+                f"        raise ProtocolError(f'{name} count {{n}} exceeds the bytes present')",
+                f"    v{i} = body[off : off + n]",
+                "    off += n",
+            ]
+            args.append(f"v{i}")
+        else:  # wnames
+            lines.append(f"    v{i}, off = wnames(body, off, end)")
+            args.append(f"v{i}")
+    lines += [
+        "    if off != end:",
+        f"        raise ProtocolError(f'{{end - off}} trailing bytes after {name}')",
+        f"    return cls({', '.join(args)})",
+    ]
+    exec("\n".join(lines), env)  # code built above from the message table
+    fn: Decoder = env["decode"]
+    return fn
 
 
 def _positional(cls: type[Message], names: list[str]) -> bool:
