@@ -48,6 +48,10 @@ POOLED_BYTES = 64 * 1024
 READ_AHEAD = 64 * 1024
 
 
+# requests that act on the connection itself, not on files (see _dispatch)
+_CONTROL = frozenset({m.Tversion, m.Tflush})
+
+
 def _goes_to_pool(msg: m.Message) -> bool:
     t = type(msg)
     if t is m.Tread or t is m.Treaddir:
@@ -123,9 +127,8 @@ class Connection:
             if self._closing:
                 return
             try:
-                total = sum(map(len, parts))
                 sent = self.sock.sendmsg(parts)
-                if sent < total:  # rare: a signal or a full buffer split the write
+                if sent < sum(map(len, parts)):  # rare: a signal or a full buffer split it
                     self.sock.sendall(b"".join(bytes(p) for p in parts)[sent:])
             except OSError as e:
                 log.debug("%s: send failed: %s", self.peer, e)
@@ -258,7 +261,7 @@ class Connection:
                 log.warning("%s: closing: %s", self.peer, frame.reason)
                 return
             ev = self.proto.parse_frame(frame)
-            if self._tag_busy(ev.tag):
+            if (self._inflight or self._flush_tags) and self._tag_busy(ev.tag):
                 log.warning("%s: closing: tag %d reused while in flight", self.peer, ev.tag)
                 return
             if isinstance(ev, BadRequest):
@@ -268,7 +271,16 @@ class Connection:
                 self._send(ev.tag, self.proto.error_reply(ev.errno, ev.reason))
                 continue
             assert isinstance(ev, Request)
-            if not self._dispatch(ev):
+            msg = ev.msg
+            if (
+                type(msg) not in _CONTROL
+                and self.meter is None
+                and not self._delayed
+                and (self.pool is None or not (self._pool_everything or _goes_to_pool(msg)))
+            ):
+                # the common case, answered here: what _dispatch would do, minus its checks
+                self._send(ev.tag, self.session.handle(msg))
+            elif not self._dispatch(ev):
                 return
 
     def _dispatch(self, req: Request) -> bool:
@@ -400,9 +412,9 @@ class Connection:
             self._state.notify_all()
 
     def _tag_busy(self, tag: int) -> bool:
-        """A tag is busy from its request until its reply (or Rflush) is sent."""
-        if not self._inflight and not self._flush_tags:
-            return False  # nothing pooled or delayed: no lock needed (the common case)
+        """A tag is busy from its request until its reply (or Rflush) is sent.
+        The caller skips this when nothing is pooled or delayed (no lock
+        needed: the common case)."""
         # a pooled request's reply goes out before its tag is freed, both under
         # _state: the client may already reuse the tag, so wait for the lock
         with self._state:
