@@ -508,19 +508,22 @@ class HostBackend(Backend):
     def _intern(self, fd: int, st: os.stat_result) -> _Inode:
         """The shared inode for a freshly opened O_PATH fd, with one new
         reference; fd is consumed (closed if the inode was already known)."""
-        key = (st.st_dev, st.st_ino)
         with self._lock:
-            if self._shut:
-                os.close(fd)
-                _fail(errno.EBADF, "backend is shut down")
-            ino = self._inodes.get(key)
-            if ino is not None:
-                ino.refs += 1
-                os.close(fd)
-                return ino
-            ino = _Inode(fd, st, self._qpath_locked(*key))
-            self._inodes[key] = ino
+            return self._intern_locked(fd, st)
+
+    def _intern_locked(self, fd: int, st: os.stat_result) -> _Inode:
+        if self._shut:
+            os.close(fd)
+            _fail(errno.EBADF, "backend is shut down")
+        key = (st.st_dev, st.st_ino)
+        ino = self._inodes.get(key)
+        if ino is not None:
+            ino.refs += 1
+            os.close(fd)
             return ino
+        ino = _Inode(fd, st, self._qpath_locked(*key))
+        self._inodes[key] = ino
+        return ino
 
     def _unref_locked(self, ino: _Inode) -> None:
         ino.refs -= 1
@@ -815,9 +818,10 @@ class HostBackend(Backend):
             except BaseException:
                 os.close(fd)
                 raise
-            ino = self._intern(fd, st)
-            qid = Qid(_qid_type(ino.ftype), _qid_version(st), ino.qpath)
-            return self._new_handle(ino, d, name), qid
+            with self._lock:  # one lock section for the inode and its new handle
+                ino = self._intern_locked(fd, st)
+                node = self._new_handle_locked(ino, d, name)
+            return node, Qid(_qid_type(ino.ftype), _qid_version(st), ino.qpath)
 
     def _check_mount(self, fd: int, st: os.stat_result, name: str) -> None:
         """Refuse a file on another mount than the export root's when mounts

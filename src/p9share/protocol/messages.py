@@ -1028,6 +1028,16 @@ def _make_encoder(cls: type[Message], dialect: Dialect) -> Encoder:
     if len(steps) == 1 and steps[0][0] == "fixed":
         pack = packers[0]
         return lambda msg: [pack(msg)]
+    if len(steps) == 1 and steps[0][0] == "qids":  # Rwalk: a third of all replies
+        field = steps[0][2][0]
+
+        def encode_qids(msg: Message) -> list[bytes | memoryview]:
+            v = getattr(msg, field)
+            if len(v) > MAXWELEM:
+                raise ValueError("more than 16 qids")
+            return [U16.pack(len(v)) + b"".join([QID.pack(*q) for q in v])]
+
+        return encode_qids
 
     def encode(msg: Message) -> list[bytes | memoryview]:
         out: list[bytes | memoryview] = []

@@ -41,6 +41,8 @@ _QTDIR = int(c.QidType.DIR)
 _VALID_BASIC = int(c.GetattrMask.BASIC)
 _VALID_BASIC_BTIME = int(GETATTR_SUPPORTED)
 _T = TypeVar("_T")
+_NS = 1_000_000_000
+_U64 = 0xFFFF_FFFF_FFFF_FFFF  # sec[8] is two's complement: before 1970 is negative
 
 
 class Session(ClassicHandlers):
@@ -681,10 +683,14 @@ class Session(ClassicHandlers):
             a = f.backend.getattr(f.node)
             valid = _VALID_BASIC_BTIME if a.btime_ns else _VALID_BASIC
             uid, gid = f.export.idmap.guest_ids(a.uid, a.gid)
+            a_s, a_ns = divmod(a.atime_ns, _NS)  # as _split, inline: every stat calls this
+            m_s, m_ns = divmod(a.mtime_ns, _NS)
+            c_s, c_ns = divmod(a.ctime_ns, _NS)
+            b_s, b_ns = divmod(a.btime_ns, _NS)
             return m.Rgetattr(
                 valid, a.qid, a.mode, uid, gid, a.nlink, a.rdev, a.size, a.blksize,
-                a.blocks, *_split(a.atime_ns), *_split(a.mtime_ns), *_split(a.ctime_ns),
-                *_split(a.btime_ns), a.gen, a.data_version,
+                a.blocks, a_s & _U64, a_ns, m_s & _U64, m_ns, c_s & _U64, c_ns, b_s & _U64, b_ns,
+                a.gen, a.data_version,
             )  # fmt: skip
         finally:
             self._done(f)
