@@ -4,8 +4,9 @@ socket and answers them.
 Concurrency model (measured, see docs/protocol.md "Concurrency"): requests
 are handled on the reader thread itself, which costs no thread hop and gives
 the lowest latency for the metadata requests that dominate 9P traffic.
-Requests that may take long (fsync, large reads and writes, directory reads)
-go to a shared worker pool so that one slow request does not hold up the
+Requests that may take long (fsync; reads, directory reads and writes that
+move more than 64 KiB: a read's count alone does not decide, the kernel asks
+for msize even from a small file) go to a shared worker pool so that one slow request does not hold up the
 others; their replies may then come out of order. Tflush waits for the
 flushed request to finish and is answered right after its reply.
 
@@ -52,10 +53,11 @@ READ_AHEAD = 64 * 1024
 _CONTROL = frozenset({m.Tversion, m.Tflush})
 
 
-def _goes_to_pool(msg: m.Message) -> bool:
+def _goes_to_pool(msg: m.Message, session: Session) -> bool:
     t = type(msg)
     if t is m.Tread or t is m.Treaddir:
-        return msg.count > POOLED_BYTES  # type: ignore[attr-defined, no-any-return]
+        # a big count alone is not enough: the bytes there are to read decide
+        return msg.count > POOLED_BYTES and session.bytes_to_move(msg) > POOLED_BYTES  # type: ignore[attr-defined, arg-type]
     if t is m.Twrite:
         return len(msg.data) > POOLED_BYTES  # type: ignore[attr-defined]
     return t is m.Tfsync
@@ -276,7 +278,10 @@ class Connection:
                 type(msg) not in _CONTROL
                 and self.meter is None
                 and not self._delayed
-                and (self.pool is None or not (self._pool_everything or _goes_to_pool(msg)))
+                and (
+                    self.pool is None
+                    or not (self._pool_everything or _goes_to_pool(msg, self.session))
+                )
             ):
                 # the common case, answered here: what _dispatch would do, minus its checks
                 self._send(ev.tag, self.session.handle(msg))
@@ -317,7 +322,7 @@ class Connection:
                     )
                     self._throttler.start()
             return True
-        if self.pool is None or not (self._pool_everything or _goes_to_pool(msg)):
+        if self.pool is None or not (self._pool_everything or _goes_to_pool(msg, self.session)):
             self._send(tag, self.session.handle(msg))
             return True
         if not self._reserve(tag):
@@ -388,7 +393,9 @@ class Connection:
                         self._delayed.popleft()
                         break
                     self._state.wait(left)
-            if self.pool is not None and (self._pool_everything or _goes_to_pool(msg)):
+            if self.pool is not None and (
+                self._pool_everything or _goes_to_pool(msg, self.session)
+            ):
                 self._submit(tag, msg)
             else:
                 self._run_pooled(tag, msg)

@@ -129,6 +129,23 @@ class Session(ClassicHandlers):
             log.exception("%s: internal error handling %r", self.peer, msg)
             return self.proto.error_reply(errno.EIO)
 
+    def bytes_to_move(self, msg: m.Tread | m.Treaddir) -> int:
+        """About how many bytes a read or directory read will return: its
+        count, capped by what is left of the file (a directory's size grows
+        with its entries). The connection pools only requests that move
+        much; the kernel client asks for msize even from a 1 KiB file. An
+        unknown or unopened fid moves nothing (its error comes at once)."""
+        f = self.fids.peek(msg.fid)
+        if f is None or f.file is None:
+            return 0
+        try:
+            size = f.backend.getattr(f.node).size
+        except OSError:
+            return 0
+        if type(msg) is m.Tread:
+            size -= msg.offset
+        return max(0, min(msg.count, size))
+
     def _denied(self, msg: m.Message, e: PolicyError) -> None:
         op = type(msg).__name__[1:].lower()
         log.info("%s: denied %s: %s", self.peer, op, e.reason)
