@@ -82,10 +82,9 @@ def make_key_server(tmp_path: Path, audited: Audited) -> Iterator[Callable[..., 
         policy = Policy(
             exports={"export": Export("export", str(root))},
             clients={
-                "tools": Client("tools", (Match(network=LOOPBACK, key=KEY.key_id),), grants,
-                                tools),
+                "tools": Client("tools", (Match(network=LOOPBACK, key=KEY.key_id),), grants, tools),
                 "local": Client("local", (Match(peer_uid=os.getuid()),), grants, local or {}),
-            },  # fmt: skip
+            },
             keys={KEY.key_id: KEY.secret},
         )
         srv = Server(policy, limits=Limits(**defaults), audit=audited.log)
@@ -199,3 +198,23 @@ def test_transport_client_keeps_its_limits(
     assert [r["client"] for r in audited.records("connect")] == ["local", "127.0.0.1"]
     recs = audited.records("limit", limit="max_fids")
     assert {(r["client"], r["max"]) for r in recs} == {("local", 3), ("tools", 50)}
+
+
+def test_key_client_gets_its_own_idle_timeout_and_later_msize(
+    make_key_server: Callable[..., KeyServer], audited: Audited
+) -> None:
+    ks = make_key_server({"idle_timeout": 0.3, "max_msize": 8192})
+    c = ks.keyed()
+    assert c.msize == 65536 + 24  # negotiated before the key: it stays
+    assert isinstance(c.rpc(GETATTR), m.Rgetattr)  # the session still serves
+    c.version(1024 * 1024)  # a later Tversion is capped by the client's max_msize
+    assert c.msize == 8192
+    idle_from = time.monotonic()
+    assert closed(c)  # closed by the client's idle timeout (the server has none)
+    assert 0.25 <= time.monotonic() - idle_from < 4
+    unlimited = ks.connect(ks.unix)  # the transport client "local": no idle timeout
+    unlimited.attach(0, "export")
+    time.sleep(0.5)
+    assert isinstance(unlimited.rpc(GETATTR), m.Rgetattr)
+    recs = audited.records("limit", limit="idle_timeout")
+    assert len(recs) == 1 and recs[0]["client"] == "tools"
