@@ -108,9 +108,7 @@ class Connection:
         self._throttler: threading.Thread | None = None
         self._stopping = False  # close() was called: stop waiting for room
         self._closing = False
-        session.fids.set_limit(
-            limits.max_fids, lambda: self.reporter.hit("max_fids", "EMFILE", max=limits.max_fids)
-        )
+        self._set_fid_limit(limits.max_fids)
         # read-ahead buffer: bytes [_rstart, _rend) are received, not yet framed
         self._rbuf = bytearray(READ_AHEAD)
         self._rview = memoryview(self._rbuf)
@@ -342,6 +340,24 @@ class Connection:
             self._send(tag, self.proto.error_reply(errno.ESHUTDOWN))
 
     # --------------------------------------------------------------- limits --
+    def _set_fid_limit(self, max_fids: int) -> None:
+        self.session.fids.set_limit(
+            max_fids, lambda: self.reporter.hit("max_fids", "EMFILE", max=max_fids)
+        )
+
+    def apply_limits(self, limits: Limits, meter: ClientMeter | None) -> None:
+        """Serve under other limits from now on: max_fids, max_inflight, the
+        timeouts and the rates of meter (None: no rate limits). The server
+        calls it when a key identifies the client at a Tattach (not per
+        request). Fids already held stay even past the new max_fids; the
+        negotiated msize stays (the server caps a later Tversion's)."""
+        self._set_fid_limit(limits.max_fids)
+        with self._state:  # waiters for room under max_inflight look again
+            self.limits = limits
+            self.meter = meter
+            self._max_inflight = limits.max_inflight
+            self._state.notify_all()
+
     def _throttle(self, msg: m.Message) -> float:
         """Charge the client's rate buckets; the delay this request must wait."""
         if self.meter is None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import ssl
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from ..audit import NULL_AUDIT, AuditLog
 from ..backend.base import Backend
-from ..policy import Export, Policy
+from ..policy import Export, Policy, PolicyError
 from ..policy.peer import Peer
 from ..policy.quota import QuotaLedger
 from ..protocol.connection import ServerConnection
@@ -65,6 +67,20 @@ def _ledgers(
 
 def _keyring_of(policy: Policy) -> Keyring:
     return Keyring(Key(key_id, secret) for key_id, secret in policy.keys.items())
+
+
+@dataclass(slots=True)
+class _Counted:
+    """The client one connection is counted under, and that client's meter:
+    first its transport's identity, then the client a key proves (Tattach)."""
+
+    client: str
+    meter: ClientMeter
+
+
+def _rate_meter(limits: Limits, meter: ClientMeter) -> ClientMeter | None:
+    """The meter a connection charges, None when there are no rates to keep."""
+    return meter if limits.ops_per_second or limits.bytes_per_second else None
 
 
 class Server:
@@ -184,7 +200,8 @@ class Server:
         """The key per-client limits are kept under: the policy's client that
         the peer matches by transport; under the open policy (or before a key
         is proven) the Unix peer's uid, the TCP source address, else the
-        listener."""
+        listener. A key proven at a Tattach moves the connection to its
+        client (see _identified)."""
         client = self.policy.identify(peer)
         if client is not None and self.policy.clients is not None:
             return client.name
@@ -301,10 +318,11 @@ class Server:
             return
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        counted = _Counted(client, meter)
         try:
             conn = Connection(
                 sock, self.new_session(peer), self.pool, limits=limits,
-                meter=meter if limits.ops_per_second or limits.bytes_per_second else None,
+                meter=_rate_meter(limits, meter),
                 reporter=LimitReporter(self.audit, str(peer), client),
                 pool_everything=self.dispatch == "pool",
             )  # fmt: skip
@@ -312,6 +330,7 @@ class Server:
             meter.disconnect()
             sock.close()
             raise
+        conn.session.on_identified = lambda name: self._identified(conn, counted, name)
         with self._lock:
             self._connections.add(conn)
         who = conn.session.client
@@ -322,8 +341,8 @@ class Server:
             try:
                 conn.serve()
             finally:
-                meter.disconnect()
-                self.audit.emit("disconnect", peer=str(peer), client=client)
+                counted.meter.disconnect()
+                self.audit.emit("disconnect", peer=str(peer), client=counted.client)
                 with self._lock:
                     self._connections.discard(conn)
                     last = oneshot and not self._listeners and not self._connections
@@ -333,6 +352,42 @@ class Server:
                     self._stopped.set()
 
         threading.Thread(target=run, daemon=True, name=f"p9share-conn {peer}").start()
+
+    def _identified(self, conn: Connection, counted: _Counted, name: str) -> None:
+        """A key proved at a Tattach identifies the connection's client as
+        name: from now on the connection is counted under that client and
+        serves under its limits (fids, requests in flight, rates, timeouts;
+        a later Tversion's msize). Over the client's max_connections the
+        attach is refused (PolicyError EUSERS) and nothing changes. Runs on
+        the thread handling the Tattach, never per request."""
+        if self.policy.clients is None or name not in self.policy.clients:
+            return  # the open policy: no per-client limits to take
+        if name == counted.client:
+            return  # already counted there (by transport, or an earlier attach)
+        limits = self.limits_for(name)
+        meter = self._connect_meter(name, limits)
+        peer = str(conn.session.peer_info)
+        if meter is None:
+            log.warning("%s: attach refused: client %s has %d connections already", peer, name,
+                        limits.max_connections)  # fmt: skip
+            held_back = self._refusals.allow(f"attach {name}")
+            if held_back is not None:
+                self.audit.emit("limit", peer=peer, client=name, limit="max_connections",
+                                action="attach refused", max=limits.max_connections,
+                                **({"suppressed_since": held_back} if held_back else {}))  # fmt: skip
+            raise PolicyError(
+                errno.EUSERS,
+                f"client {name!r} has {limits.max_connections} connections already",
+                "max_connections",
+            )
+        previous, counted.client, counted.meter = counted.meter, name, meter
+        previous.disconnect()
+        conn.reporter.client = name
+        conn.apply_limits(limits, _rate_meter(limits, meter))
+        conn.proto.max_msize = min(self.msize, limits.max_msize)  # msize is negotiated already
+        log.info("%s: identified by key as client %s (was %s): its limits apply", peer, name,
+                 previous.name)  # fmt: skip
+        self._forget_idle_meters()
 
     def reload(self, policy: Policy) -> list[str]:
         """Serve a new policy from now on. Exports whose definition changed get

@@ -59,14 +59,20 @@ class Session(ClassicHandlers):
         quotas: dict[str, QuotaLedger] | None = None,
         keyring: Keyring | None = None,
         auth_required: bool = False,
+        on_identified: Callable[[str], None] | None = None,
     ) -> None:
         """keyring: the client keys Tauth accepts (None: Tauth is not offered).
-        auth_required: every Tattach must name a verified auth fid."""
+        auth_required: every Tattach must name a verified auth fid.
+        on_identified: called with the client's name when a Tattach's key
+        identifies a client, before the attach succeeds; it may refuse the
+        attach with a PolicyError (the server switches the connection to that
+        client's limits here)."""
         if auth_required and keyring is None:
             raise ValueError("auth_required needs a keyring")
         self.keyring = keyring
         self.auth_required = auth_required
         self.auth_key: str | None = None  # the key id this connection authenticated with
+        self.on_identified = on_identified
         self._auth_count = 0
         self.proto = proto
         self.peer_info = peer_info if peer_info is not None else Peer(peer or "?", "?")
@@ -344,6 +350,8 @@ class Session(ClassicHandlers):
         client = self.client if key_id is None else self.policy.identify(self.peer_info, key_id)
         try:
             export, rights = self.policy.select_export(msg.aname, client)
+            if key_id is not None and client is not None and self.on_identified is not None:
+                self.on_identified(client.name)  # its own limits from now on, or refused
         except PolicyError as e:
             log.warning("%s: attach refused (aname %r): %s", self.peer, msg.aname, e.reason)
             self.audit.emit("attach-denied", peer=self.peer, client=client.name if client else None,
