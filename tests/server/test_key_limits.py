@@ -19,6 +19,7 @@ import pytest
 from p9share.client.raw import RawClient, ServerError
 from p9share.policy import Client, Export, Match, Policy, Rights
 from p9share.protocol import messages as m
+from p9share.protocol.constants import NOFID
 from p9share.security.auth import Key
 from p9share.server.limits import Limits
 from p9share.server.server import Server
@@ -218,3 +219,17 @@ def test_key_client_gets_its_own_idle_timeout_and_later_msize(
     assert isinstance(unlimited.rpc(GETATTR), m.Rgetattr)
     recs = audited.records("limit", limit="idle_timeout")
     assert len(recs) == 1 and recs[0]["client"] == "tools"
+
+
+def test_tversion_forgets_the_key_identity(make_key_server: Callable[..., KeyServer]) -> None:
+    # A Tversion starts a new session: an attach without a key after it is
+    # the transport's client again (here: none), not the key's.
+    ks = make_key_server({})
+    c = ks.keyed()
+    assert isinstance(c.rpc(GETATTR), m.Rgetattr)
+    c.version()
+    with pytest.raises(ServerError) as e:
+        c.rpc(m.Tattach(0, NOFID, "root", "export", 0))
+    assert e.value.errno == errno.EACCES
+    c.auth_attach(0, 1, "root", "export", KEY)  # the key still works on the new session
+    assert isinstance(c.rpc(GETATTR), m.Rgetattr)

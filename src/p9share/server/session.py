@@ -177,7 +177,10 @@ class Session(ClassicHandlers):
             except OSError:
                 pass
             f.release_resources()
+        # a new session proves its key again: until then it is the client
+        # its transport matches (the limits a key switched to stay, §S15)
         self.auth_key = None
+        self.client = self.policy.identify(self.peer_info)
 
     # -------------------------------------------------------------- helpers --
     def _fid(self, num: int) -> Fid:
