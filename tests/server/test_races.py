@@ -204,3 +204,22 @@ def test_clunk_waits_for_a_delayed_open_with_orclose(
     assert isinstance(got[2], m.Ropen) and isinstance(got[3], m.Rclunk)
     assert not (live.root / "f").exists()
     assert ledger_matches_disk(live) == (0, 0)
+
+
+@pytest.mark.parametrize("dialect", [Dialect.P9P2000L, Dialect.P9P2000U])
+def test_open_with_truncate_gives_the_bytes_back(
+    make_live: Callable[..., LiveServer], dialect: Dialect
+) -> None:
+    # An O_TRUNC open is a size change too: it used to free f's bytes on the
+    # disk and keep them in the ledger, so each rewrite of a file counted again.
+    live = make_live()
+    cl = live.client(dialect=dialect, msize=MSIZE)
+    for fid in (1, 2):
+        cl.walk(0, fid, ["f"])
+        if dialect is Dialect.P9P2000L:
+            cl.rpc(m.Tlopen(fid, c.L_O_RDWR | c.L_O_TRUNC))
+        else:
+            cl.rpc(m.Topen(fid, c.ORDWR | c.OTRUNC))
+        cl.rpc(m.Twrite(fid, 0, b"n" * 100))
+        assert ledger_matches_disk(live) == (100, 100)
+        cl.rpc(m.Tclunk(fid))

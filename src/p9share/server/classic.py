@@ -14,7 +14,7 @@ import stat as stat_mod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from ..backend.base import Node, SetAttr
+from ..backend.base import Node, OpenFile, SetAttr
 from ..policy import Policy
 from ..policy.idmap import Owner
 from ..protocol import constants as c
@@ -51,6 +51,7 @@ class ClassicHandlers:
         def _claim(self, num: int) -> Fid: ...
         def _unclaim(self, f: Fid) -> None: ...
         def _apply(self, f: Fid, changes: SetAttr) -> None: ...
+        def _open(self, f: Fid, flags: int) -> OpenFile: ...
 
     # ------------------------------------------------- 9P2000.u and 9P2000 --
     # Plan 9 style requests (docs/protocol.md §6). Each makes the same policy
@@ -74,7 +75,7 @@ class ClassicHandlers:
                 flags |= os.O_DIRECTORY
             if wants_write(flags) or msg.mode & c.ORCLOSE:
                 self.policy.check_write(f.rights)
-            f.file = f.backend.open(f.node, flags)
+            f.file = self._open(f, flags)
             f.open_flags = flags
             f.remove_on_clunk = bool(msg.mode & c.ORCLOSE)
             f.dir_pending, f.dir_offset, f.dir_cookie = b"", 0, 0

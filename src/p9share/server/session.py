@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..audit import NULL_AUDIT, AuditLog
-from ..backend.base import NOW, Attr, Backend, LockRequest, SetAttr, TimeSpec
+from ..backend.base import NOW, Attr, Backend, LockRequest, OpenFile, SetAttr, TimeSpec
 from ..policy import Client, Policy, PolicyError
 from ..policy.idmap import Owner
 from ..policy.peer import Peer
@@ -282,6 +282,18 @@ class Session(ClassicHandlers):
                 q.refund(nbytes=grown)
                 raise
             q.refund(nbytes=max(0, size - changes.size))
+
+    def _open(self, f: Fid, flags: int) -> OpenFile:
+        """backend.open; with a ledger, the bytes an O_TRUNC open frees are
+        given back, measured under the file's size lock."""
+        q = self.quotas.get(f.export.name)
+        if q is None or not flags & os.O_TRUNC:
+            return f.backend.open(f.node, flags)
+        with q.size_lock(f.node.qid.path):
+            size = f.backend.getattr(f.node).size
+            file = f.backend.open(f.node, flags)
+            q.refund(nbytes=size)
+            return file
 
     # ------------------------------------------------------ session and fids --
     def auth(self, msg: m.Tauth) -> m.Message:
@@ -565,7 +577,7 @@ class Session(ClassicHandlers):
                 flags |= os.O_DIRECTORY
             if wants_write(flags) or flags & os.O_TRUNC:
                 self.policy.check_write(f.rights)
-            f.file = f.backend.open(f.node, flags)
+            f.file = self._open(f, flags)
             f.open_flags = flags
             return m.Rlopen(f.node.qid, self._iounit())
         finally:
