@@ -6,6 +6,11 @@ guests do: files created and removed, bytes added by writes and
 truncates. Changes made on the host behind the server's back are not seen
 until the next start; the quota bounds what guests can add, it is not a host
 filesystem quota.
+
+A write or truncate measures the file, charges the difference and then
+changes it; the server holds the file's size lock (size_lock) across the
+three, so another size change of that file cannot slip in between and the
+ledger moves by what the disk did.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import threading
 from . import Export
 from .errors import PolicyError
 
+# stripes of the per-file size locks: files that share one only take turns
+_SIZE_STRIPES = 64
+
 
 class QuotaLedger:
     """What one export holds, against its limits; thread-safe."""
@@ -25,6 +33,13 @@ class QuotaLedger:
         self.bytes_used = bytes_used
         self.files_used = files_used
         self._lock = threading.Lock()
+        self._size_locks = tuple(threading.Lock() for _ in range(_SIZE_STRIPES))
+
+    def size_lock(self, file_key: int) -> threading.Lock:
+        """The lock to hold while measuring, charging and changing the size
+        of the file identified by file_key (its qid path: hard links share
+        it). charge and refund may be called while holding it."""
+        return self._size_locks[file_key % _SIZE_STRIPES]
 
     def charge(self, nbytes: int = 0, nfiles: int = 0) -> None:
         """Count nbytes and nfiles more, or raise EDQUOT and count nothing."""

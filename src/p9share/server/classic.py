@@ -14,10 +14,9 @@ import stat as stat_mod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from ..backend.base import Node, SetAttr
+from ..backend.base import Node, OpenFile, SetAttr
 from ..policy import Policy
 from ..policy.idmap import Owner
-from ..policy.quota import QuotaLedger
 from ..protocol import constants as c
 from ..protocol import messages as m
 from ..protocol.connection import ServerConnection
@@ -34,7 +33,6 @@ class ClassicHandlers:
 
     proto: ServerConnection
     policy: Policy
-    quotas: dict[str, QuotaLedger]
 
     if TYPE_CHECKING:
 
@@ -50,9 +48,10 @@ class ClassicHandlers:
         def _check_create(self, f: Fid, name: str) -> None: ...
         def _new_file(self, d: Fid, make: Callable[[], _T]) -> _T: ...
         def _hard_link(self, d: Fid, target: int, name: str) -> None: ...
-        def _grow(self, f: Fid, end: int) -> int: ...
-        def _apply(self, f: Fid, changes: SetAttr, charged: int) -> None: ...
-        def _refund(self, f: Fid, freed: tuple[int, int]) -> None: ...
+        def _claim(self, num: int) -> Fid: ...
+        def _unclaim(self, f: Fid) -> None: ...
+        def _apply(self, f: Fid, changes: SetAttr) -> None: ...
+        def _open(self, f: Fid, flags: int) -> OpenFile: ...
 
     # ------------------------------------------------- 9P2000.u and 9P2000 --
     # Plan 9 style requests (docs/protocol.md §6). Each makes the same policy
@@ -63,7 +62,7 @@ class ClassicHandlers:
         return self.proto.dialect is c.Dialect.P9P2000U
 
     def open(self, msg: m.Topen) -> m.Message:
-        f = self._fid(msg.fid)
+        f = self._claim(msg.fid)
         try:
             self._need_node(f)
             self._need_unopened(f)
@@ -76,16 +75,16 @@ class ClassicHandlers:
                 flags |= os.O_DIRECTORY
             if wants_write(flags) or msg.mode & c.ORCLOSE:
                 self.policy.check_write(f.rights)
-            f.file = f.backend.open(f.node, flags)
+            f.file = self._open(f, flags)
             f.open_flags = flags
             f.remove_on_clunk = bool(msg.mode & c.ORCLOSE)
             f.dir_pending, f.dir_offset, f.dir_cookie = b"", 0, 0
             return m.Ropen(f.node.qid, self._iounit())
         finally:
-            self._done(f)
+            self._unclaim(f)
 
     def create(self, msg: m.Tcreate) -> m.Message:
-        f = self._fid(msg.fid)
+        f = self._claim(msg.fid)
         try:
             self._check_create(f, msg.name)
             perm = msg.perm
@@ -116,7 +115,7 @@ class ClassicHandlers:
             f.dir_pending, f.dir_offset, f.dir_cookie = b"", 0, 0
             return m.Rcreate(f.node.qid, self._iounit())
         finally:
-            self._done(f)
+            self._unclaim(f)
 
     def _create_special(self, f: Fid, msg: m.Tcreate, mode_bits: int, owner: Owner) -> None:
         """9P2000.u Tcreate of a symlink, hard link, device, FIFO or socket:
@@ -218,7 +217,6 @@ class ClassicHandlers:
                     raise OSError(errno.EINVAL, "length out of range")
                 self.policy.check_size(f.export, st.length)
                 changes.size = st.length
-            shrink = 0
             if st.atime != 0xFFFFFFFF:
                 changes.atime = st.atime * 1_000_000_000
             if st.mtime != 0xFFFFFFFF:
@@ -236,12 +234,7 @@ class ClassicHandlers:
                 return m.Rwstat()
             self.policy.check_write(f.rights)
             if changes != SetAttr():
-                grown = 0
-                if changes.size is not None and f.export.name in self.quotas:
-                    shrink = max(0, f.backend.getattr(f.node).size - changes.size)
-                    grown = self._grow(f, changes.size)
-                self._apply(f, changes, grown)
-                self._refund(f, (shrink, 0))
+                self._apply(f, changes)
             if name:
                 if not f.path.strip("/"):
                     raise OSError(errno.EBUSY, "the export root cannot be renamed")

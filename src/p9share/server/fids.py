@@ -70,10 +70,16 @@ class Fid:
         self.backend.release(self.node)
 
 
+# stripes of the fid state locks: fids whose numbers share one only wait for
+# each other's opens, creates and clunks, which take microseconds
+_STATE_STRIPES = 64
+
+
 class FidTable:
     def __init__(self) -> None:
         self._fids: dict[int, Fid] = {}
         self._lock = threading.Lock()
+        self._state_locks = tuple(threading.Lock() for _ in range(_STATE_STRIPES))
         self._max_fids = 0  # 0: no limit
         self._on_limit: Callable[[], None] | None = None
 
@@ -94,6 +100,14 @@ class FidTable:
                 raise OSError(errno.EBADF, f"unknown fid {num}")
             f.users += 1
             return f
+
+    def state_lock(self, num: int) -> threading.Lock:
+        """The lock that requests changing fid num's state (open, create, walk
+        or xattrwalk onto itself, xattrcreate, clunk, remove) hold from their
+        check to their change, so that two of them on one fid run in turn.
+        Reads and writes never take it. Keyed by number, not by Fid: a
+        request that waited for a walk onto the fid sees its Fid clunked."""
+        return self._state_locks[num % _STATE_STRIPES]
 
     def peek(self, num: int) -> Fid | None:
         """The fid with that number, for logging only (not held)."""

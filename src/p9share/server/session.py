@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..audit import NULL_AUDIT, AuditLog
-from ..backend.base import NOW, Attr, Backend, LockRequest, SetAttr, TimeSpec
+from ..backend.base import NOW, Attr, Backend, LockRequest, OpenFile, SetAttr, TimeSpec
 from ..policy import Client, Policy, PolicyError
 from ..policy.idmap import Owner
 from ..policy.peer import Peer
@@ -190,6 +190,24 @@ class Session(ClassicHandlers):
         for f in fids:
             self.fids.release(f)
 
+    def _claim(self, num: int) -> Fid:
+        """The fid for a request that changes its state (open, create, walk
+        onto itself, xattr, clunk, remove), held under its state lock so that
+        check and change are one step against another such request on it
+        (one delayed by rate limits, or pooled); pair with _unclaim()."""
+        f = self.fids.acquire(num)
+        lock = self.fids.state_lock(num)
+        lock.acquire()
+        if f.clunked:  # the request this one waited for clunked or replaced it
+            lock.release()
+            self.fids.release(f)
+            raise OSError(errno.EBADF, f"fid {num} was clunked")
+        return f
+
+    def _unclaim(self, f: Fid) -> None:
+        self.fids.state_lock(f.num).release()
+        self.fids.release(f)
+
     def _iounit(self) -> int:
         return self.proto.msize - c.IOHDRSZ
 
@@ -258,9 +276,13 @@ class Session(ClassicHandlers):
         if q is not None:
             q.refund(*freed)
 
+    # A size change is measured, charged and made under the file's size lock
+    # (QuotaLedger.size_lock): a write and a truncate of one file, or two
+    # growing writes, then move the ledger by what the disk did.
     def _grow(self, f: Fid, end: int) -> int:
-        """Charge the bytes a write or truncate to `end` adds to the file;
-        returns the charge (to give back if the operation fails)."""
+        """Charge the bytes a write to `end` adds to the file (the caller
+        holds its size lock); returns the charge (to give back if the
+        operation fails)."""
         q = self.quotas.get(f.export.name)
         if q is None or not f.export.quota_bytes:
             return 0
@@ -270,13 +292,36 @@ class Session(ClassicHandlers):
         q.charge(nbytes=end - size)
         return end - size
 
-    def _apply(self, f: Fid, changes: SetAttr, charged: int) -> None:
-        """backend.setattr, giving a size charge back if it fails."""
-        try:
+    def _apply(self, f: Fid, changes: SetAttr) -> None:
+        """backend.setattr; with a ledger, a new size is charged (or the
+        bytes it frees refunded) under the file's size lock."""
+        q = self.quotas.get(f.export.name)
+        if q is None or changes.size is None:
             f.backend.setattr(f.node, changes, f.file)
-        except BaseException:
-            self._refund(f, (charged, 0))
-            raise
+            return
+        with q.size_lock(f.node.qid.path):
+            size = f.backend.getattr(f.node).size
+            grown = max(0, changes.size - size) if f.export.quota_bytes else 0
+            if grown:
+                q.charge(nbytes=grown)
+            try:
+                f.backend.setattr(f.node, changes, f.file)
+            except BaseException:
+                q.refund(nbytes=grown)
+                raise
+            q.refund(nbytes=max(0, size - changes.size))
+
+    def _open(self, f: Fid, flags: int) -> OpenFile:
+        """backend.open; with a ledger, the bytes an O_TRUNC open frees are
+        given back, measured under the file's size lock."""
+        q = self.quotas.get(f.export.name)
+        if q is None or not flags & os.O_TRUNC:
+            return f.backend.open(f.node, flags)
+        with q.size_lock(f.node.qid.path):
+            size = f.backend.getattr(f.node).size
+            file = f.backend.open(f.node, flags)
+            q.refund(nbytes=size)
+            return file
 
     # ------------------------------------------------------ session and fids --
     def auth(self, msg: m.Tauth) -> m.Message:
@@ -385,7 +430,8 @@ class Session(ClassicHandlers):
         return m.Rattach(node.qid)
 
     def walk(self, msg: m.Twalk) -> m.Message:
-        f = self._fid(msg.fid)
+        onto_itself = msg.newfid == msg.fid
+        f = self._claim(msg.fid) if onto_itself else self._fid(msg.fid)
         try:
             self._need_node(f)
             if msg.newfid != msg.fid:
@@ -403,7 +449,7 @@ class Session(ClassicHandlers):
                 is_dir=bool(qids[-1].type & _QTDIR) if qids else f.is_dir, rights=f.rights,
                 path=_walked(f.path, msg.wnames), auth_key=f.auth_key,
             )  # fmt: skip
-            if msg.newfid == msg.fid:
+            if onto_itself:
                 self.fids.replace(f, new)
             else:
                 try:
@@ -413,15 +459,18 @@ class Session(ClassicHandlers):
                     raise
             return m.Rwalk(qids)
         finally:
-            self._done(f)
+            if onto_itself:
+                self._unclaim(f)
+            else:
+                self._done(f)
 
     def clunk(self, msg: m.Tclunk) -> m.Message:
-        f = self._fid(msg.fid)
+        f = self._claim(msg.fid)  # an open or xattrcreate in progress completes first
         self.fids.clunk(f)  # released even when finishing fails
         try:
             self._finish_clunk(f)
         finally:
-            self._done(f)
+            self._unclaim(f)
         return m.Rclunk()
 
     def _finish_clunk(self, f: Fid) -> None:
@@ -441,7 +490,7 @@ class Session(ClassicHandlers):
             self._refund(f, freed)
 
     def remove(self, msg: m.Tremove) -> m.Message:
-        f = self._fid(msg.fid)
+        f = self._claim(msg.fid)
         self.fids.clunk(f)  # the fid goes whether or not the remove works
         try:
             self._need_node(f)
@@ -449,7 +498,7 @@ class Session(ClassicHandlers):
             f.backend.remove(f.node)
             self._refund(f, freed)
         finally:
-            self._done(f)
+            self._unclaim(f)
         return m.Rremove()
 
     # ------------------------------------------------------------------ I/O --
@@ -493,22 +542,30 @@ class Session(ClassicHandlers):
             assert f.file is not None
             if f.open_flags & os.O_ACCMODE == os.O_RDONLY:
                 raise OSError(errno.EBADF, "fid is not open for writing")
-            end = msg.offset + len(msg.data)
-            limited = f.export.max_file_size or f.export.name in self.quotas
-            if f.open_flags & os.O_APPEND and limited:
-                end = f.backend.getattr(f.node).size + len(msg.data)  # appends land at the end
-            self.policy.check_size(f.export, end)
-            if not f.setid_checked:
-                self._drop_setid(f)
-            grown = self._grow(f, end)
-            try:
-                n = f.backend.write(f.file, msg.offset, msg.data)
-            except BaseException:
-                self._refund(f, (grown, 0))
-                raise
-            return m.Rwrite(n)
+            q = self.quotas.get(f.export.name)
+            if q is None:
+                return m.Rwrite(self._write_file(f, msg.offset, msg.data))
+            with q.size_lock(f.node.qid.path):
+                return m.Rwrite(self._write_file(f, msg.offset, msg.data))
         finally:
             self._done(f)
+
+    def _write_file(self, f: Fid, offset: int, data: bytes | memoryview) -> int:
+        """Twrite to an open file (under its size lock if the export has a ledger)."""
+        assert f.file is not None
+        end = offset + len(data)
+        limited = f.export.max_file_size or f.export.name in self.quotas
+        if f.open_flags & os.O_APPEND and limited:
+            end = f.backend.getattr(f.node).size + len(data)  # appends land at the end
+        self.policy.check_size(f.export, end)
+        if not f.setid_checked:
+            self._drop_setid(f)
+        grown = self._grow(f, end)
+        try:
+            return f.backend.write(f.file, offset, data)
+        except BaseException:
+            self._refund(f, (grown, 0))
+            raise
 
     def _drop_setid(self, f: Fid) -> None:
         """Writing to a setuid/setgid file drops those bits, as the kernel does
@@ -539,7 +596,7 @@ class Session(ClassicHandlers):
             self._done(f)
 
     def lopen(self, msg: m.Tlopen) -> m.Message:
-        f = self._fid(msg.fid)
+        f = self._claim(msg.fid)
         try:
             self._need_node(f)
             self._need_unopened(f)
@@ -550,14 +607,14 @@ class Session(ClassicHandlers):
                 flags |= os.O_DIRECTORY
             if wants_write(flags) or flags & os.O_TRUNC:
                 self.policy.check_write(f.rights)
-            f.file = f.backend.open(f.node, flags)
+            f.file = self._open(f, flags)
             f.open_flags = flags
             return m.Rlopen(f.node.qid, self._iounit())
         finally:
-            self._done(f)
+            self._unclaim(f)
 
     def lcreate(self, msg: m.Tlcreate) -> m.Message:
-        f = self._fid(msg.fid)
+        f = self._claim(msg.fid)
         try:
             self._check_create(f, msg.name)
             flags = dotl_create_flags(msg.flags)
@@ -571,7 +628,7 @@ class Session(ClassicHandlers):
             f.backend.release(old)
             return m.Rlcreate(node.qid, self._iounit())
         finally:
-            self._done(f)
+            self._unclaim(f)
 
     def _check_create(self, f: Fid, name: str) -> None:
         """What Tlcreate and Tcreate ask first: an unopened directory fid, a
@@ -736,12 +793,8 @@ class Session(ClassicHandlers):
                 msg.uid if v & c.SetattrValid.UID else None,
                 msg.gid if v & c.SetattrValid.GID else None,
             )
-            shrink = grown = 0
             if v & c.SetattrValid.SIZE:
                 self.policy.check_size(f.export, msg.size)
-                if f.export.name in self.quotas:
-                    shrink = max(0, f.backend.getattr(f.node).size - msg.size)
-                    grown = self._grow(f, msg.size)
             mode = None
             if v & c.SetattrValid.MODE:
                 mode = self.policy.new_mode(f.rights, msg.mode & 0o7777)
@@ -759,14 +812,14 @@ class Session(ClassicHandlers):
                 ctime=bool(v & c.SetattrValid.CTIME),
             )  # fmt: skip
             if v:
-                self._apply(f, ch, grown)
-                self._refund(f, (shrink, 0))
+                self._apply(f, ch)
             return m.Rsetattr()
         finally:
             self._done(f)
 
     def xattrwalk(self, msg: m.Txattrwalk) -> m.Message:
-        f = self._fid(msg.fid)
+        onto_itself = msg.newfid == msg.fid
+        f = self._claim(msg.fid) if onto_itself else self._fid(msg.fid)
         try:
             self._need_node(f)
             if msg.newfid != msg.fid:
@@ -784,7 +837,7 @@ class Session(ClassicHandlers):
                 kind=FidKind.XATTR_READ, xattr_value=value, rights=f.rights, path=f.path,
                 auth_key=f.auth_key,
             )  # fmt: skip
-            if msg.newfid == msg.fid:
+            if onto_itself:
                 self.fids.replace(f, new)
             else:
                 try:
@@ -794,10 +847,13 @@ class Session(ClassicHandlers):
                     raise
             return m.Rxattrwalk(len(value))
         finally:
-            self._done(f)
+            if onto_itself:
+                self._unclaim(f)
+            else:
+                self._done(f)
 
     def xattrcreate(self, msg: m.Txattrcreate) -> m.Message:
-        f = self._fid(msg.fid)
+        f = self._claim(msg.fid)
         try:
             self._need_node(f)
             self._need_unopened(f)
@@ -813,7 +869,7 @@ class Session(ClassicHandlers):
             f.xattr_write = XattrWrite(msg.name, msg.attr_size, msg.flags, bytearray())
             return m.Rxattrcreate()
         finally:
-            self._done(f)
+            self._unclaim(f)
 
     def readdir(self, msg: m.Treaddir) -> m.Message:
         f = self._fid(msg.fid)
