@@ -861,15 +861,18 @@ def _make_decoder(cls: type[Message], dialect: Dialect) -> Decoder:
     if len(steps) == 1 and steps[0][0] == "fixed" and _positional(cls, names):
         # the common case (Tclunk, Tgetattr, Tread, ...): one unpack, positional init
         st, conv = steps[0][1], _fixed_values(steps[0][2])
-        size, name = st.size, cls.__name__
+        size, name, unpack = st.size, cls.__name__, st.unpack_from
+        has_qid = any(f.startswith("\0qid:") for f in steps[0][2])
 
         def decode_fixed(body: memoryview) -> Message:
             end = len(body)
-            if size > end:
-                raise ProtocolError(f"{name} too short")
             if end != size:
+                if size > end:
+                    raise ProtocolError(f"{name} too short")
                 raise ProtocolError(f"{end - size} trailing bytes after {name}")
-            return cls(*conv(st.unpack_from(body, 0)))
+            if has_qid:
+                return cls(*conv(unpack(body, 0)))
+            return cls(*unpack(body, 0))  # the values are the fields
 
         return decode_fixed
 

@@ -35,7 +35,7 @@ from concurrent.futures import Executor
 
 from ..protocol import messages as m
 from ..protocol.connection import BadRequest, FatalError, Request, ServerConnection
-from ..protocol.constants import NOTAG
+from ..protocol.constants import HEADER_SIZE, NOTAG
 from ..protocol.wire import U32
 from .limits import ClientMeter, LimitReporter, Limits
 from .session import Session
@@ -188,15 +188,22 @@ class Connection:
         # next call. Each frame gets its own buffer: handlers keep slices of it.
         rbuf = self._rbuf
         if self._rstart == self._rend:
-            self._await_request()
+            if self.limits.idle_timeout:
+                self._await_request()
             self._rstart = 0
             self._rend = self.sock.recv_into(self._rview)
             if self._rend == 0:
                 return None
+        start, avail = self._rstart, self._rend - self._rstart
+        if avail >= 4:
+            (size,) = U32.unpack_from(rbuf, start)
+            if avail >= size >= HEADER_SIZE and size <= self.proto.msize:
+                # the common case: the whole request is here
+                self._rstart = start + size
+                return memoryview(rbuf[start : start + size])  # a copy: rbuf is reused
         # a half-sent message holds a reader thread and a buffer: bound its time
         timeout = self.limits.header_timeout
         deadline = time.monotonic() + timeout if timeout else None
-        start, avail = self._rstart, self._rend - self._rstart
         if avail < 4:
             head = bytearray(4)
             head[:avail] = rbuf[start : start + avail]
