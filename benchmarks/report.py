@@ -218,6 +218,18 @@ def replay_stats(doc: dict) -> dict[tuple[str, str], dict[str, float]]:
     return out
 
 
+def paired_ratios(doc: dict, server: str, transport: str) -> list[float]:
+    """server's CPU over diod's, round by round: the two ran back to back, so
+    the host's state (which here swings the cost of a wake-up several-fold
+    within minutes) is shared by each pair."""
+    cpu = {(r["server"], r["transport"], r.get("round")): r["cpu_per_10k"] for r in doc["runs"]}
+    return [
+        v / cpu[("diod", t, rnd)]
+        for (srv, t, rnd), v in sorted(cpu.items(), key=lambda kv: str(kv[0][2]))
+        if srv == server and t == transport and cpu.get(("diod", t, rnd))
+    ]
+
+
 def replay_markdown(doc: dict) -> str:
     st = replay_stats(doc)
     m = doc["machine"]
@@ -234,13 +246,18 @@ def replay_markdown(doc: dict) -> str:
         f"kernel {m.get('kernel', '?')}, Python {m.get('python', '?')}. Load average "
         f"before/after: {_load(doc.get('load_before'))} / {_load(doc.get('load_after'))}.",
         "",
+        "CPU vs diod: the median of the per-round ratios (each p9share run and the diod run "
+        "next to it share the host's state), with their range.",
+        "",
         "| server | transport | wall s | wall ms / 10k req | server CPU s / 10k req | "
-        "CPU vs diod | server CPU s / GiB | error replies |",
+        "CPU vs diod (range) | server CPU s / GiB | error replies |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for (server, transport), s in sorted(st.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        d = st.get(("diod", transport))
-        ratio = f"{s['cpu10k_med'] / d['cpu10k_med']:.2f}x" if d and d["cpu10k_med"] else "-"
+        pairs = paired_ratios(doc, server, transport)
+        ratio = (
+            f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})" if pairs else "-"
+        )
         lines.append(
             f"| {server} | {transport} | {s['wall_med']:.2f} ({s['wall_min']:.2f}) | "
             f"{s['wall10k_med'] * 1000:.0f} | {s['cpu10k_med']:.2f} ({s['cpu10k_min']:.2f}) | "

@@ -6,6 +6,7 @@ tmpfs); they skip when the host does not allow them.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from p9share.backend import hostfs
 from p9share.backend.base import NOW, LockRequest, Node, OpenFile, SetAttr
 from p9share.backend.hostfs import V9FS_MAGIC, HostBackend, HostNode, HostOpenFile
 from p9share.protocol.constants import (
@@ -675,6 +677,27 @@ def test_getattr_matches_host(be: HostBackend, export: Path) -> None:
     assert a.btime_ns >= 0
     a = be.getattr(be.root())
     assert stat.S_ISDIR(a.mode)
+
+
+def test_getattr_without_statx_gives_the_same_answer(
+    be: HostBackend, export: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # getattr is one statx call; hosts without statx take fstat + the birth
+    # time separately: both must say the same, for every kind of file.
+    (export / "f").write_bytes(b"x" * 5000)
+    os.utime(export / "f", ns=(-1_500_000_000, 1_700_000_000_123_456_789))  # atime before 1970
+    (export / "d").mkdir()
+    os.symlink("f", export / "l")
+    os.mkfifo(export / "p")
+    nodes = [walkp(be, n) for n in ("f", "d", "l", "p")] + [be.root()]
+    one_call = [be.getattr(n) for n in nodes]
+    monkeypatch.setattr(hostfs, "_c_statx", None)
+    assert [be.getattr(n) for n in nodes] == [
+        dataclasses.replace(a, btime_ns=0) for a in one_call
+    ]  # no statx at all: no birth time either
+    monkeypatch.undo()
+    monkeypatch.setattr(hostfs, "_statx_all", lambda fd: None)  # statx says ENOSYS
+    assert [be.getattr(n) for n in nodes] == one_call
 
 
 def test_getattr_btime_from_statx(be: HostBackend, export: Path) -> None:

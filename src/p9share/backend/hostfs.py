@@ -1168,14 +1168,8 @@ class HostBackend(Backend):
                 qpath = (idx << _INO_BITS) | d_ino
             else:
                 qpath = self._qpath(ino.dev, d_ino)
-            qtype = (
-                QidType.DIR
-                if dtype == DT_DIR
-                else QidType.SYMLINK
-                if dtype == DT_LNK
-                else QidType.FILE
-            )
-            entries.append(DirEntry(Qid(int(qtype), 0, qpath), len(entries) + 1, dtype, name))
+            qtype = _QT_DIR if dtype == DT_DIR else _QT_SYMLINK if dtype == DT_LNK else _QT_FILE
+            entries.append(DirEntry(Qid(qtype, 0, qpath), len(entries) + 1, dtype, name))
         if skipped:
             with self._lock:
                 first = ino.key not in self._warned_dirs

@@ -110,7 +110,7 @@ class FidTable:
         return self._state_locks[num % _STATE_STRIPES]
 
     def peek(self, num: int) -> Fid | None:
-        """The fid with that number, for logging only (not held)."""
+        """The fid with that number, not held: for logging and estimates only."""
         with self._lock:
             return self._fids.get(num)
 
