@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-mib", type=int, help="sequential file size in MiB")
     ap.add_argument("--files", type=int, help="files created/stat'ed/unlinked")
     ap.add_argument("--tree-files", type=int, help="files in the source tree")
+    ap.add_argument("--msizes", help="comma-separated msizes to ask for (the last one is "
+                    "used for the metadata workloads), e.g. 65536,1048576")  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     ap.add_argument("--timeout", type=float, default=900, help="per guest run, seconds")
     ap.add_argument("--pin", action="store_true", help="guest on CPU 0, server on CPU 1")
@@ -245,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     machine.no_core_dumps()
     sizes = QUICK if a.quick else FULL
     sizes = Sizes(
-        seq_mib=a.seq_mib or sizes.seq_mib, msizes=sizes.msizes, files=a.files or sizes.files,
+        seq_mib=a.seq_mib or sizes.seq_mib,
+        msizes=tuple(int(x, 0) for x in a.msizes.split(",")) if a.msizes else sizes.msizes,
+        files=a.files or sizes.files,
         tree_files=a.tree_files or sizes.tree_files, par_mib=sizes.par_mib, caches=sizes.caches,
     )  # fmt: skip
     rounds = a.rounds or (1 if a.quick else 3)

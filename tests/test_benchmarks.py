@@ -182,9 +182,31 @@ def test_replay_table() -> None:
             {"server": "p9share", "fids": 10000, "rss_idle": 20 << 20, "rss_with_fids": 40 << 20}],
     }  # fmt: skip
     md = report.replay_markdown(doc)
-    assert "| p9share | unix | 3.00 (3.00) | 3000 | 1.50 (1.50) | 1.50x | 1.50 | 2 |" in md
-    assert "| diod | unix | 2.00 (2.00) | 2000 | 1.00 (1.00) | 1.00x | 1.00 | 2 |" in md
+    assert (
+        "| p9share | unix | 3.00 (3.00) | 3000 | 1.50 (1.50) | 1.50x (1.50-1.50) | 1.50 | 2 |" in md
+    )
+    assert "| diod | unix | 2.00 (2.00) | 2000 | 1.00 (1.00) | 1.00x (1.00-1.00) | 1.00 | 2 |" in md
     assert "| p9share | 20.0 MiB | 40.0 MiB |" in md
+
+
+def test_replay_ratio_is_the_median_of_paired_rounds() -> None:
+    # Each round's p9share run is compared with that round's diod run: the
+    # host's state swings both; the ratio of the medians would mix states.
+    cpu = {  # round: (p9share, diod)
+        0: (3.0, 1.0), 1: (2.0, 2.0), 2: (4.0, 2.0),
+    }  # fmt: skip
+    runs = [
+        {"server": s, "transport": "tcp", "requests": 10000, "errors": 0, "error_types": {},
+         "payload_bytes": 0, "wall_seconds": 1.0, "cpu_seconds": c, "cpu_per_10k": c,
+         "wall_per_10k": 1.0, "cpu_per_gib": None, "round": r}
+        for r, pair in cpu.items() for s, c in zip(("p9share", "diod"), pair, strict=True)
+    ]  # fmt: skip
+    assert sorted(report.paired_ratios({"runs": runs}, "p9share", "tcp")) == [1.0, 2.0, 3.0]
+    doc = {"kind": "replay", "started": "2026-01-01T00:00:00", "rounds": 3, "runs": runs,
+           "machine": {}, "stream": {"requests": 10000}, "rss": []}  # fmt: skip
+    md = report.replay_markdown(doc)
+    # medians: p9share 3.0, diod 2.0 (1.50x); paired: 3.0, 1.0, 2.0 -> 2.00x
+    assert "| p9share | tcp | 1.00 (1.00) | 1000 | 3.00 (2.00) | 2.00x (1.00-3.00) |" in md
 
 
 def test_report_rejects_other_json(tmp_path: Path) -> None:
