@@ -1,11 +1,14 @@
 """The benchmark tools (benchmarks/): stream format, replay against a live
-p9share, guest output parsing and the result tables. No VM is booted here."""
+p9share, the in-process hot path, guest output parsing and the result
+tables, and one quick guest run (marked vm)."""
 
 from __future__ import annotations
 
 import io
+import json
 import lzma
 import os
+import re
 import struct
 import sys
 import tarfile
@@ -19,6 +22,7 @@ from p9share.protocol.constants import NOFID, NOTAG
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import hotpath  # noqa: E402
 import replay  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
@@ -213,3 +217,30 @@ def test_report_rejects_other_json(tmp_path: Path) -> None:
     f = tmp_path / "x.json"
     f.write_text('{"kind": "other"}')
     assert report.main([str(f), "--no-latest"]) == 2
+
+
+def test_hotpath_prints_cpu_per_request(capsys: pytest.CaptureFixture[str]) -> None:
+    assert hotpath.main(["--limit", "2000", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    found = re.search(r"best: ([0-9.]+) us user, ([0-9.]+) us total per request", out)
+    assert found, out
+    user, total = float(found[1]), float(found[2])
+    assert 0 < user <= total
+
+
+@pytest.mark.vm
+def test_guest_benchmark_quick_run(tmp_path: Path) -> None:
+    # The benchmark command itself, end to end, on the smallest sizes: a
+    # guest boots, runs every workload against p9share and the JSON records them.
+    rc = run.main(["--quick", "--servers", "p9share-tcp", "--files", "10", "--tree-files", "10",
+                   "--out", str(tmp_path), "--no-report"])  # fmt: skip
+    assert rc == 0
+    (result,) = tmp_path.glob("guest-quick-*.json")
+    doc = json.loads(result.read_text())
+    (only,) = doc["runs"]
+    assert only["server"] == "p9share-tcp" and only["server_cpu_seconds"] > 0, only
+    assert not only["failures"], only["failures"]
+    done = {s["workload"].split("/")[0] for s in only["samples"]}
+    assert {"seq-write", "seq-read", "files-create", "files-stat", "files-unlink", "tree-untar",
+            "tree-find", "tree-du", "tree-read", "tree-rm", "par-read"} <= done  # fmt: skip
+    assert all(s["seconds"] > 0 for s in only["samples"])
