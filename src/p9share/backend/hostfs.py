@@ -903,38 +903,41 @@ class HostBackend(Backend):
 
     def setattr(self, node: Node, changes: SetAttr, file: OpenFile | None = None) -> None:
         self._check_writable()
-        with ExitStack() as stack:
-            ino = stack.enter_context(self._pinned(node))
-            f: HostOpenFile | None = None
-            if file is not None:
-                f = stack.enter_context(self._using(file))
-                if f.node.inode is not ino:
-                    f = None  # not this file's: use the node's own fd
-            # Every call goes through the node's fd (O_PATH + AT_EMPTY_PATH or
-            # the /proc magic link), so it works on unlinked and renamed files.
-            if changes.uid is not None or changes.gid is not None:
-                uid = -1 if changes.uid is None else changes.uid
-                gid = -1 if changes.gid is None else changes.gid
-                _check_libc(
-                    _c_fchownat(
-                        ino.fd,
-                        b"",
-                        uid & 0xFFFFFFFF,
-                        gid & 0xFFFFFFFF,
-                        AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW,
-                    )
+        with self._pinned(node) as ino:
+            if file is None:
+                self._setattr(ino, changes, None)
+                return
+            with self._using(file) as f:
+                # not this file's: use the node's own fd
+                self._setattr(ino, changes, f if f.node.inode is ino else None)
+
+    def _setattr(self, ino: _Inode, changes: SetAttr, f: HostOpenFile | None) -> None:
+        """setattr on a pinned inode (f: its open file, if the caller has one)."""
+        # Every call goes through the node's fd (O_PATH + AT_EMPTY_PATH or
+        # the /proc magic link), so it works on unlinked and renamed files.
+        if changes.uid is not None or changes.gid is not None:
+            uid = -1 if changes.uid is None else changes.uid
+            gid = -1 if changes.gid is None else changes.gid
+            _check_libc(
+                _c_fchownat(
+                    ino.fd,
+                    b"",
+                    uid & 0xFFFFFFFF,
+                    gid & 0xFFFFFFFF,
+                    AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW,
                 )
-            if changes.mode is not None:
-                if ino.ftype == stat.S_IFLNK:
-                    _fail(errno.EOPNOTSUPP, "symlinks have no mode of their own")
-                # chmod through the magic link: resolves to this inode and
-                # does not open it (safe for FIFOs and devices).
-                os.chmod(str(ino.fd), changes.mode & 0o7777, dir_fd=self._proc_fd)
-            if changes.size is not None:
-                self._truncate(ino, changes.size, f)
-            if changes.atime is not None or changes.mtime is not None:
-                self._utimens(ino, changes.atime, changes.mtime)
-            # changes.ctime: nothing to do; every change above touched ctime.
+            )
+        if changes.mode is not None:
+            if ino.ftype == stat.S_IFLNK:
+                _fail(errno.EOPNOTSUPP, "symlinks have no mode of their own")
+            # chmod through the magic link: resolves to this inode and
+            # does not open it (safe for FIFOs and devices).
+            os.chmod(str(ino.fd), changes.mode & 0o7777, dir_fd=self._proc_fd)
+        if changes.size is not None:
+            self._truncate(ino, changes.size, f)
+        if changes.atime is not None or changes.mtime is not None:
+            self._utimens(ino, changes.atime, changes.mtime)
+        # changes.ctime: nothing to do; every change above touched ctime.
 
     def _truncate(self, ino: _Inode, size: int, f: HostOpenFile | None) -> None:
         if ino.ftype == stat.S_IFDIR:

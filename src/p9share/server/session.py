@@ -41,6 +41,12 @@ _QTDIR = int(c.QidType.DIR)
 _VALID_BASIC = int(c.GetattrMask.BASIC)
 _VALID_BASIC_BTIME = int(GETATTR_SUPPORTED)
 _T = TypeVar("_T")
+# Tsetattr valid bits as plain ints (IntFlag arithmetic costs ~1 µs a test)
+_SA_MODE, _SA_UID, _SA_GID, _SA_SIZE = (int(c.SetattrValid.MODE), int(c.SetattrValid.UID),
+                                        int(c.SetattrValid.GID), int(c.SetattrValid.SIZE))  # fmt: skip
+_SA_ATIME, _SA_MTIME, _SA_CTIME = (int(c.SetattrValid.ATIME), int(c.SetattrValid.MTIME),
+                                   int(c.SetattrValid.CTIME))  # fmt: skip
+_SA_ATIME_SET, _SA_MTIME_SET = int(c.SetattrValid.ATIME_SET), int(c.SetattrValid.MTIME_SET)
 _NS = 1_000_000_000
 _U64 = 0xFFFF_FFFF_FFFF_FFFF  # sec[8] is two's complement: before 1970 is negative
 
@@ -790,13 +796,13 @@ class Session(ClassicHandlers):
             if v:
                 self.policy.check_write(f.rights)
             uid, gid = f.export.idmap.host_ids(
-                msg.uid if v & c.SetattrValid.UID else None,
-                msg.gid if v & c.SetattrValid.GID else None,
+                msg.uid if v & _SA_UID else None,
+                msg.gid if v & _SA_GID else None,
             )
-            if v & c.SetattrValid.SIZE:
+            if v & _SA_SIZE:
                 self.policy.check_size(f.export, msg.size)
             mode = None
-            if v & c.SetattrValid.MODE:
+            if v & _SA_MODE:
                 mode = self.policy.new_mode(f.rights, msg.mode & 0o7777)
                 if f.is_dir:
                     mode |= msg.mode & 0o2000  # setgid directories: group inheritance only
@@ -804,12 +810,12 @@ class Session(ClassicHandlers):
                 mode=mode,
                 uid=uid,
                 gid=gid,
-                size=msg.size if v & c.SetattrValid.SIZE else None,
-                atime=_time(v, c.SetattrValid.ATIME, c.SetattrValid.ATIME_SET,
+                size=msg.size if v & _SA_SIZE else None,
+                atime=_time(v, _SA_ATIME, _SA_ATIME_SET,
                             msg.atime_sec, msg.atime_nsec),
-                mtime=_time(v, c.SetattrValid.MTIME, c.SetattrValid.MTIME_SET,
+                mtime=_time(v, _SA_MTIME, _SA_MTIME_SET,
                             msg.mtime_sec, msg.mtime_nsec),
-                ctime=bool(v & c.SetattrValid.CTIME),
+                ctime=bool(v & _SA_CTIME),
             )  # fmt: skip
             if v:
                 self._apply(f, ch)
