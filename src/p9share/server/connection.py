@@ -54,13 +54,12 @@ _CONTROL = frozenset({m.Tversion, m.Tflush})
 
 
 def _goes_to_pool(msg: m.Message, session: Session) -> bool:
-    t = type(msg)
-    if t is m.Tread or t is m.Treaddir:
+    if isinstance(msg, (m.Tread, m.Treaddir)):
         # a big count alone is not enough: the bytes there are to read decide
-        return msg.count > POOLED_BYTES and session.bytes_to_move(msg) > POOLED_BYTES  # type: ignore[attr-defined, arg-type]
-    if t is m.Twrite:
-        return len(msg.data) > POOLED_BYTES  # type: ignore[attr-defined]
-    return t is m.Tfsync
+        return msg.count > POOLED_BYTES and session.bytes_to_move(msg) > POOLED_BYTES
+    if isinstance(msg, m.Twrite):
+        return len(msg.data) > POOLED_BYTES
+    return type(msg) is m.Tfsync
 
 
 class _LimitClose(Exception):
