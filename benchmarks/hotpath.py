@@ -29,6 +29,7 @@ import replay
 from p9share.policy import Export, Policy
 from p9share.policy.peer import Peer
 from p9share.protocol.connection import Request
+from p9share.protocol.messages import Tversion
 from p9share.server.server import Server
 
 
@@ -60,12 +61,10 @@ def run_once(
                     ev = proto.parse_frame(memoryview(frame))
                     if isinstance(ev, Request):
                         msg = ev.msg
-                        reply = (
-                            proto.version(msg)
-                            if type(msg).__name__ == "Tversion"
-                            else session.handle(msg)
-                        )
-                        proto.encode(ev.tag, reply)
+                        if isinstance(msg, Tversion):
+                            proto.encode(ev.tag, proto.version(msg))
+                        else:
+                            proto.encode(ev.tag, session.handle(msg))
                     n += 1
                 t1 = os.times()
                 user += t1.user - t0.user

@@ -216,7 +216,7 @@ def replay_conn(sock: socket.socket, conn: Conn, aname: str, tally: Tally) -> No
 @contextmanager
 def server(kind: str, transport: str, export: Path, tmp: Path) -> Iterator[tuple[object, int, str]]:
     """A fresh server: yields (address, pid, aname)."""
-    from p9share.vmlab.diod import Diod, free_port
+    from p9share.vmlab.diod import Diod, free_port, stop_process
 
     sock = tmp / f"{kind}.sock"
     if kind == "diod":
@@ -252,12 +252,7 @@ def server(kind: str, transport: str, export: Path, tmp: Path) -> Iterator[tuple
                 time.sleep(0.05)
         yield addr, proc.pid, "bench"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
 
 
 def _connect(addr: object) -> socket.socket:

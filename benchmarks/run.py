@@ -41,7 +41,7 @@ import machine  # noqa: E402
 from machine import cpu_seconds, in_dir, machine_info, pin  # noqa: E402
 
 from p9share.vmlab import run_guest, setup  # noqa: E402
-from p9share.vmlab.diod import Diod, free_port  # noqa: E402
+from p9share.vmlab.diod import Diod, free_port, stop_process  # noqa: E402
 
 RESULTS = HERE / "results"
 MIB = 1 << 20
@@ -141,12 +141,7 @@ def serve(spec: ServerSpec, export: Path, tmp: Path) -> Iterator[tuple[dict[str,
             kw["socket_path"] = sock
         yield kw, proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
 
 
 def _listening(transport: str, port: int, sock: Path) -> bool:

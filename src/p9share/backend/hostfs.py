@@ -764,21 +764,7 @@ class HostBackend(Backend):
         return self._new_handle(self._root, None, "")
 
     def walk(self, node: Node, name: str) -> Node:
-        _check_name(name, dots_ok=True)
-        h = self._handle(node)
-        with self._pinned_dir(node) as d:
-            if name == ".":
-                return self._share(h)
-            if name == "..":
-                return self._walk_up(d)
-            fd = os.open(name, _O_PATH, dir_fd=d.fd)
-            try:
-                st = os.fstat(fd)
-                self._check_mount(fd, st, name)
-            except BaseException:
-                os.close(fd)
-                raise
-            return self._new_handle(self._intern(fd, st), d, name)
+        return self._step(self._handle(node), name)[0]
 
     def walk_names(self, node: Node, names: Sequence[str]) -> tuple[Node | None, list[Qid]]:
         # As the default, but each step's qid comes from the fstat that

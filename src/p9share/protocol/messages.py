@@ -880,6 +880,9 @@ def _make_decoder(cls: type[Message], dialect: Dialect) -> Decoder:
     positional = _positional(cls, names)
     if positional and all(k in ("fixed", "s", "data", "wnames") for k, _, _ in steps):
         return _compiled_decoder(cls, steps, convs)
+    # the rest carry qids or a stat (Rwalk, Rstat, Twstat): a loop over the steps
+    if not positional or any(k not in ("fixed", "qids", "stat") for k, _, _ in steps):
+        raise TypeError(f"{cls.__name__}: no decoder for its field layout")
 
     def decode(body: memoryview) -> Message:
         off = 0
@@ -891,30 +894,6 @@ def _make_decoder(cls: type[Message], dialect: Dialect) -> Decoder:
                     raise ProtocolError(f"{cls.__name__} too short")
                 values.extend(conv(st.unpack_from(body, off)))
                 off += st.size
-            elif kind == "s":
-                s, off = decode_string(body, off)
-                values.append(s)
-            elif kind == "data":
-                if off + 4 > end:
-                    raise ProtocolError(f"{cls.__name__} count missing")
-                (n,) = U32.unpack_from(body, off)
-                off += 4
-                if off + n > end:
-                    raise ProtocolError(f"{cls.__name__} count {n} exceeds the bytes present")
-                values.append(body[off : off + n])
-                off += n
-            elif kind == "wnames":
-                if off + 2 > end:
-                    raise ProtocolError("nwname missing")
-                (n,) = U16.unpack_from(body, off)
-                off += 2
-                if n > MAXWELEM:
-                    raise ProtocolError(f"nwname {n} exceeds {MAXWELEM}")
-                wn = []
-                for _ in range(n):
-                    s, off = decode_string(body, off)
-                    wn.append(s)
-                values.append(wn)
             elif kind == "qids":
                 if off + 2 > end:
                     raise ProtocolError("nwqid missing")
@@ -943,9 +922,7 @@ def _make_decoder(cls: type[Message], dialect: Dialect) -> Decoder:
                 values.append(st_)
         if off != end:
             raise ProtocolError(f"{end - off} trailing bytes after {cls.__name__}")
-        if positional:
-            return cls(*values)
-        return cls(**dict(zip(names, values, strict=True)))
+        return cls(*values)
 
     return decode
 

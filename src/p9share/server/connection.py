@@ -278,18 +278,11 @@ class Connection:
                 continue
             assert isinstance(ev, Request)
             msg = ev.msg
-            if (
-                type(msg) not in _CONTROL
-                and self.meter is None
-                and not self._delayed
-                and (
-                    self.pool is None
-                    or not (self._pool_everything or _goes_to_pool(msg, self.session))
-                )
-            ):
-                # the common case, answered here: what _dispatch would do, minus its checks
-                self._send(ev.tag, self.session.handle(msg))
-            elif not self._dispatch(ev):
+            # the common request (no rate limit, nothing queued) skips _dispatch's checks
+            if type(msg) in _CONTROL or self.meter is not None or self._delayed:
+                if not self._dispatch(ev):
+                    return
+            elif not self._run(ev.tag, msg):
                 return
 
     def _dispatch(self, req: Request) -> bool:
@@ -326,13 +319,21 @@ class Connection:
                     )
                     self._throttler.start()
             return True
-        if self.pool is None or not (self._pool_everything or _goes_to_pool(msg, self.session)):
+        return self._run(tag, msg)
+
+    def _run(self, tag: int, msg: m.Message) -> bool:
+        """Answer a request inline, or hand it to the pool (deciding once);
+        False if the connection closes while waiting for room."""
+        if not self._pooled(msg):
             self._send(tag, self.session.handle(msg))
             return True
         if not self._reserve(tag):
             return False
         self._submit(tag, msg)
         return True
+
+    def _pooled(self, msg: m.Message) -> bool:
+        return self.pool is not None and (self._pool_everything or _goes_to_pool(msg, self.session))
 
     def _submit(self, tag: int, msg: m.Message) -> None:
         """Run a request (its tag reserved) on the pool."""
@@ -415,9 +416,7 @@ class Connection:
                         self._delayed.popleft()
                         break
                     self._state.wait(left)
-            if self.pool is not None and (
-                self._pool_everything or _goes_to_pool(msg, self.session)
-            ):
+            if self._pooled(msg):
                 self._submit(tag, msg)
             else:
                 self._run_pooled(tag, msg)
