@@ -27,6 +27,7 @@ if [ $want_test = 1 ]; then
   need rsync rsync
   need git git
   need make make
+  need systemd-socket-activate systemd      # socket activation tests, unit verification
   need tar tar
 fi
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
