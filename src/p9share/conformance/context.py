@@ -291,9 +291,5 @@ class Context:
         self._conns.clear()
 
 
-def hostname_safe(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
-
-
 def scratch_name() -> str:
     return f"p9conf-{os.getpid()}-{os.urandom(4).hex()}"

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from ..protocol import constants as c
 from ..protocol import messages as m
 from ..protocol.constants import Dialect
-from .context import ROOT_FID, Conn, Context, describe, is_error, scratch_name
+from .context import ROOT_FID, Conn, Context, is_error, scratch_name
 from .registry import MUST, Case, Failure, NotApplicable, all_cases, section_key
 
 PASS = "pass"
@@ -222,7 +222,3 @@ def report_json(results: list[Result], *, address: str = "", dialect: str = "") 
         "cases": [asdict(r) for r in results],
     }
     return json.dumps(doc, indent=1) + "\n"
-
-
-def describe_reply(r: m.Message) -> str:
-    return describe(r)
