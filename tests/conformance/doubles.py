@@ -79,6 +79,32 @@ class EmptyReadForEinval(Proxy):
         return frame
 
 
+class XattrsVanish(Proxy):
+    """Serves user xattrs on the first connection (where the suite probes for
+    them) and answers EOPNOTSUPP to every Txattrwalk and Txattrcreate on any
+    later one: a server that claims "no xattrs here" only when it suits it."""
+
+    connections = 0
+
+    def __init__(self) -> None:
+        type(self).connections += 1
+        self.first = type(self).connections == 1
+
+    def request(self, frame: bytes) -> bytes:
+        _size, mtype, tag = HEADER.unpack_from(frame)
+        if self.first or mtype not in (MsgType.TXATTRWALK, MsgType.TXATTRCREATE):
+            return frame
+        # a request the server never sees: turned into a Tflush of nothing,
+        # whose Rflush reply() turns into the error under the same tag
+        return m.encode_message(m.Tflush(NOTAG - 1), tag, Dialect.P9P2000L)
+
+    def reply(self, frame: bytes) -> bytes:
+        _size, mtype, tag = HEADER.unpack_from(frame)
+        if not self.first and mtype == MsgType.RFLUSH:
+            return m.encode_message(m.Rlerror(errno.EOPNOTSUPP), tag, Dialect.P9P2000L)
+        return frame
+
+
 class IgnoreReusedTags(Proxy):
     """Gives every request a tag of its own on the way to the server (and the
     client's back on the reply), so a tag the client reuses while its request

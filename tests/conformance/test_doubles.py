@@ -10,7 +10,7 @@ from p9share.conformance.runner import FAIL, PASS, conforms, run
 from p9share.protocol.constants import Dialect
 
 from .conftest import Served
-from .doubles import EmptyReadForEinval, IgnoreReusedTags, proxied
+from .doubles import EmptyReadForEinval, IgnoreReusedTags, XattrsVanish, proxied
 
 
 def statuses(address: str, dialect: Dialect, only: str) -> dict[str, tuple[str, str]]:
@@ -44,3 +44,13 @@ def test_a_server_that_ignores_reused_tags_fails(served: Served, dialect: Dialec
     assert status == FAIL and "not detected" in observed, observed
     # the proxy keeps every other rule of §3: only the tag case fails
     assert {i for i, (s, _) in got.items() if s != PASS} == {"tags.duplicate-pooled-closes"}
+
+
+def test_eopnotsupp_for_xattrs_that_worked_fails(served: Served) -> None:
+    # the suite's probe (first connection) sets a user xattr; later, every
+    # xattr request gets EOPNOTSUPP: each xattr case fails, none is n/a
+    XattrsVanish.connections = 0
+    with proxied(served.address, XattrsVanish) as address:
+        got = statuses(address, Dialect.P9P2000L, "§5.2[678]")
+    assert got and all(s == FAIL for s, _ in got.values()), got
+    assert sum("worked in the probe of this run" in o for _, o in got.values()) >= 10

@@ -126,10 +126,14 @@ def _setup(address: str, dialect: Dialect, aname: str, scratch: str, timeout: fl
     has user xattrs (None: not a question in this dialect)."""
     conn = _root(address, dialect, aname, timeout)
     try:
-        conn.mkdir(ROOT_FID, scratch, 0o777)
-        return _probe_xattrs(conn, scratch) if conn.dotl else None
-    except Failure as e:
-        raise SetupError(f"cannot create the scratch directory {scratch!r}: {e}") from None
+        try:
+            conn.mkdir(ROOT_FID, scratch, 0o777)
+        except Failure as e:
+            raise SetupError(f"cannot create the scratch directory {scratch!r}: {e}") from None
+        try:
+            return _probe_xattrs(conn, scratch) if conn.dotl else None
+        except Failure as e:
+            raise SetupError(f"cannot create a file in {scratch!r}: {e}") from None
     finally:
         conn.rc.close()
 
