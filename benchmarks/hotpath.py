@@ -33,6 +33,9 @@ from p9share.protocol.messages import Tversion
 from p9share.server.server import Server
 
 
+METRICS = [False]  # --metrics: count every request as `serve --metrics` does
+
+
 def run_once(
     conns: list[replay.Conn], profile: cProfile.Profile | None
 ) -> tuple[int, float, float]:
@@ -42,7 +45,7 @@ def run_once(
         export.mkdir()
         policy = Policy()
         policy.exports["bench"] = Export("bench", str(export))
-        server = Server(policy)
+        server = Server(policy, metrics=METRICS[0])
         try:
             peer = Peer("unix:bench", "unix")
             n = 0
@@ -83,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N requests only")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="print a cProfile top list")
+    ap.add_argument("--metrics", action="store_true", help="with live metrics (serve --metrics)")
     args = ap.parse_args(argv)
+    METRICS[0] = args.metrics
     _, conns = replay.load_stream(args.stream, args.limit)
     users, totals = [], []
     for r in range(args.rounds):

@@ -13,6 +13,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 EVENTS = frozenset(
@@ -49,6 +50,8 @@ class AuditLog:
         # before the self-sandbox, which needs a single-threaded process
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # told of every record, written or not (live metrics count from them)
+        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
 
     @property
     def enabled(self) -> bool:
@@ -56,6 +59,8 @@ class AuditLog:
 
     def emit(self, event: str, **fields: Any) -> None:
         """Queue one record; never blocks, never raises."""
+        for observe in self.observers:
+            observe(event, fields)
         if self._out is None:
             return
         if event not in EVENTS:

@@ -2,6 +2,8 @@
 
     p9share serve [PATH] [--export NAME=PATH[:ro]]... [--listen ADDR]...
                   [--msize BYTES] [--log-level LEVEL] [--config FILE] [--audit-log FILE]
+                  [--metrics ADDR]
+    p9share top ADDR
     p9share check-config FILE
     p9share keygen [--id NAME] [-o FILE]
 
@@ -25,6 +27,7 @@ from .policy.config import Config, ConfigError, Listener, load_config
 from .protocol.constants import DEFAULT_MAX_MSIZE, MIN_MSIZE
 from .server import systemd
 from .server.limits import Limits
+from .server.metrics import MetricsEndpoint
 from .server.transport import Address, AddressError, TlsSettings, parse_address
 
 DEFAULT_LISTEN = "tcp:127.0.0.1:5640"
@@ -232,9 +235,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"cannot open audit log {e.filename}: {e.strerror}") from None
     try:
-        server = Server(
-            policy, msize=msize, limits=limits, audit=audit, auth_required=cfg.auth_required
-        )
+        server = Server(policy, msize=msize, limits=limits, audit=audit,
+                        auth_required=cfg.auth_required, metrics=bool(args.metrics))  # fmt: skip
     except OSError as e:
         audit.close()
         raise UsageError(f"cannot open export: {e.filename or ''} {e.strerror}".strip()) from None
@@ -243,6 +245,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bound = [
             server.bind(a, tls=tls if a.kind == "tls" else None, name=name) for a, name in addrs
         ]
+        endpoint = None
+        if args.metrics and server.metrics is not None:
+            try:
+                endpoint = MetricsEndpoint(args.metrics, server.metrics)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
         # listeners bound, exports open, no thread started yet: confine ourselves
         self_sandbox(cfg, args, audit)
     except (AddressError, UsageError):
@@ -279,6 +287,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, reload)
     server.start()
+    if endpoint is not None:
+        endpoint.start()
+        print(f"p9share: metrics on {endpoint.address} (GET /metrics)", file=sys.stderr)
     for exp in policy.exports.values():
         log.info("export %r: %s%s (ids: %s)", exp.name, exp.path,
                  " (read-only)" if exp.readonly else "", exp.idmap.mode)  # fmt: skip
@@ -304,10 +315,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     while not server.wait(notifier.tick()):
         pass
     notifier.stopping()
+    if endpoint is not None:
+        endpoint.stop()
     server.stop()
     audit.close()
     notifier.close()
     return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from .top import main as top_main
+
+    if not 0.1 <= args.interval <= 60:
+        raise UsageError("--interval takes 0.1 to 60 seconds")
+    return top_main(args.address, args.interval)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -320,7 +341,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--export", action="append", default=[], metavar="NAME=PATH[:ro]",
                    help="export PATH under attach name NAME (repeatable)")  # fmt: skip
     s.add_argument("--listen", action="append", metavar="ADDR",
-                   help=f"tcp:HOST:PORT, unix:PATH or fd:N (repeatable; default {DEFAULT_LISTEN})")  # fmt: skip
+                   help=f"tcp:HOST:PORT, unix:PATH, fd:N or systemd:NAME (repeatable; default {DEFAULT_LISTEN})")  # fmt: skip
     s.add_argument(
         "--msize",
         metavar="BYTES",
@@ -335,7 +356,13 @@ def make_parser() -> argparse.ArgumentParser:
                         "root keeps only a file server's capabilities)")  # fmt: skip
     s.add_argument("--landlock", choices=["auto", "required", "off"],
                    help="confine the server to its exports (default auto: where available)")  # fmt: skip
+    s.add_argument("--metrics", metavar="ADDR",
+                   help="serve Prometheus metrics (GET /metrics) on tcp:HOST:PORT or unix:PATH")  # fmt: skip
     s.set_defaults(func=cmd_serve)
+    tp = sub.add_parser("top", help="live view of a server's clients (reads serve --metrics)")
+    tp.add_argument("address", metavar="ADDR", help="the server's --metrics address")
+    tp.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
+    tp.set_defaults(func=cmd_top)
     cc = sub.add_parser("check-config", help="validate a policy file without serving")
     cc.add_argument("file", metavar="FILE")
     cc.set_defaults(func=cmd_check_config)

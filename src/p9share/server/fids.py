@@ -137,6 +137,15 @@ class FidTable:
                 self._on_limit()
             raise OSError(errno.EMFILE, f"too many fids (limit {self._max_fids})")
 
+    def count_by_export(self) -> dict[str, int]:
+        """How many fids refer to each export (for the live metrics)."""
+        with self._lock:
+            fids = list(self._fids.values())
+        out: dict[str, int] = {}
+        for f in fids:
+            out[f.export.name] = out.get(f.export.name, 0) + 1
+        return out
+
     def check_free(self, num: int) -> None:
         if num == NOFID:
             raise OSError(errno.EBADF, "NOFID cannot name a fid")

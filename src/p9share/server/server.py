@@ -21,6 +21,7 @@ from ..protocol.constants import DEFAULT_MAX_MSIZE, Dialect
 from ..security.auth import Key, Keyring
 from .connection import Connection
 from .limits import ClientMeter, LimitReporter, Limits, RecordGate
+from .metrics import Gauges, Metrics
 from .session import Session
 from .tls import TlsSocket
 from .transport import (
@@ -97,6 +98,7 @@ class Server:
         audit: AuditLog = NULL_AUDIT,
         keyring: Keyring | None = None,
         auth_required: bool = False,
+        metrics: bool = False,
     ) -> None:
         """dispatch: "hybrid" (the default: inline, slow requests pooled),
         "inline" (no pool) or "pool" (every request pooled); the last two exist
@@ -142,6 +144,12 @@ class Server:
         self._retired: list[Backend] = []  # backends replaced by a reload
         self._pending: list[Callable[[], None]] = []  # bound, not yet served
         self._reload_lock = threading.RLock()
+        # live metrics (--metrics): counters per client and export
+        self.metrics = Metrics(self._gauges) if metrics else None
+        if self.metrics is not None:
+            if audit is NULL_AUDIT:  # observers need an audit log of this server's own
+                self.audit = audit = AuditLog(None)
+            audit.observers.append(self.metrics.on_audit)
 
     # ------------------------------------------------------------- set-up --
     def listen(
@@ -224,7 +232,24 @@ class Server:
         proto = ServerConnection(min(self.msize, max_msize), self.dialects)
         return Session(proto, self.policy, self.backends, str(peer), peer_info=peer,
                        audit=self.audit, keyring=self.keyring, quotas=self.quotas,
-                       auth_required=self.auth_required)  # fmt: skip
+                       auth_required=self.auth_required, metrics=self.metrics,
+                       client_label=self.client_name(peer))  # fmt: skip
+
+    def _gauges(self) -> Gauges:
+        """What the server holds now, for a metrics scrape."""
+        with self._lock:
+            conns = list(self._connections)
+        connections: dict[tuple[str, str], int] = {}
+        fids: dict[tuple[str, str, str], int] = {}
+        for conn in conns:
+            sess = conn.session
+            client = sess.client.name if sess.client and self.policy.clients else sess.client_label
+            connections["9p", client] = connections.get(("9p", client), 0) + 1
+            for export, n in sess.fids.count_by_export().items():
+                fids["9p", client, export] = fids.get(("9p", client, export), 0) + n
+        quota = {name: (q.bytes_used, q.files_used, q.export.quota_bytes, q.export.quota_files)
+                 for name, q in self.quotas.items()}  # fmt: skip
+        return Gauges(connections, fids, quota)
 
     # ------------------------------------------------------------ running --
     def _accept_loop(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from ..protocol.wire import Qid
 from ..security.auth import AuthExchange, Keyring
 from .classic import ClassicHandlers
 from .fids import Fid, FidKind, FidTable, XattrWrite
+from .metrics import Metrics, Stats, fid_of, op_of, reply_facts
 from .openflags import dotl_create_flags, dotl_to_host
 from .paths import walked as _walked
 
@@ -65,13 +67,17 @@ class Session(ClassicHandlers):
         keyring: Keyring | None = None,
         auth_required: bool = False,
         on_identified: Callable[[str], None] | None = None,
+        metrics: Metrics | None = None,
+        client_label: str = "",
     ) -> None:
         """keyring: the client keys Tauth accepts (None: Tauth is not offered).
         auth_required: every Tattach must name a verified auth fid.
         on_identified: called with the client's name when a Tattach's key
         identifies a client, before the attach succeeds; it may refuse the
         attach with a PolicyError (the server switches the connection to that
-        client's limits here)."""
+        client's limits here).
+        metrics: counts each request under (client, export); client_label
+        names the client when the policy has none (the open policy)."""
         if auth_required and keyring is None:
             raise ValueError("auth_required needs a keyring")
         self.keyring = keyring
@@ -91,6 +97,9 @@ class Session(ClassicHandlers):
         self.exports_attached: set[str] = set()
         self.fids = FidTable()
         self.ops = Operations(policy, self.quotas, audit, peer, self._client_name)
+        self.metrics = metrics
+        self.client_label = client_label or peer
+        self._stats: dict[str, Stats] = {}  # export -> this client's counters there
         self._handlers: dict[type[m.Message], Callable[[Any], m.Message]] = {
             m.Tauth: self.auth,
             m.Tattach: self.attach,
@@ -127,6 +136,28 @@ class Session(ClassicHandlers):
     # ------------------------------------------------------------ dispatch --
     def handle(self, msg: m.Message) -> m.Message:
         """The reply to one request (never raises)."""
+        if self.metrics is None:
+            return self._handle(msg)
+        fnum = fid_of(msg)
+        f = self.fids.peek(fnum) if fnum is not None else None  # before a clunk drops it
+        t0 = time.perf_counter()
+        reply = self._handle(msg)
+        seconds = time.perf_counter() - t0
+        if f is None and fnum is not None:
+            f = self.fids.peek(fnum)  # made by this request (Tattach)
+        export = f.export.name if f is not None else "-"
+        stats = self._stats.get(export)
+        if stats is None:  # first request in this export, or the client changed
+            client = self.client.name if self.client is not None and self.policy.clients else None
+            stats = self._stats[export] = self.metrics.stats("9p", client or self.client_label,
+                                                             export)  # fmt: skip
+        err, nread, nwritten = reply_facts(msg, reply)
+        stats.request(op_of(msg), err, seconds, nread, nwritten)
+        if type(msg) is m.Tattach or type(msg) is m.Tversion:
+            self._stats.clear()  # a key may have changed who the client is
+        return reply
+
+    def _handle(self, msg: m.Message) -> m.Message:
         handler = self._handlers.get(type(msg))
         if handler is None:
             return self.proto.error_reply(errno.EOPNOTSUPP)

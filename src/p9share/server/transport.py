@@ -95,9 +95,7 @@ def parse_address(text: str) -> Address:
             raise AddressError(f"bad socket name {rest!r} in {text!r}: expected systemd:NAME "
                                "(the socket unit's FileDescriptorName=)")  # fmt: skip
         return Address("systemd", path=rest)
-    raise AddressError(
-        f"unknown transport {kind!r} in {text!r}: use tcp, tls, unix, fd or systemd"
-    )
+    raise AddressError(f"unknown transport {kind!r} in {text!r}: use tcp, tls, unix, fd or systemd")
 
 
 def open_listener(addr: Address) -> tuple[socket.socket, bool]:
