@@ -54,10 +54,35 @@ def make_memfd(size: int, *, seal: bool = True) -> int:
     return fd
 
 
+class GuestRam:
+    """The fake guest's memory: one sealed memfd, mapped here too."""
+
+    def __init__(self, size: int = 4 << 20) -> None:
+        self.size = size
+        self.memfd = make_memfd(size)
+        self.mem = mmap.mmap(self.memfd, size)
+        self.next_data = DATA_START
+
+    def region(self) -> MemoryRegionSpec:
+        return MemoryRegionSpec(GPA_BASE, self.size, VA_BASE, 0)
+
+    def alloc(self, n: int) -> int:
+        n = (n + 15) & ~15
+        if self.next_data + n > self.size:
+            self.next_data = DATA_START
+        off = self.next_data
+        self.next_data += n
+        return off
+
+    def close(self) -> None:
+        self.mem.close()
+        os.close(self.memfd)
+
+
 class FakeQueue:
     """The driver side of one split virtqueue in the fake guest's memory."""
 
-    def __init__(self, fe: Frontend, index: int, size: int) -> None:
+    def __init__(self, fe: GuestRam, index: int, size: int) -> None:
         self.fe = fe
         self.index = index
         self.size = size
@@ -218,23 +243,13 @@ class Frontend:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(10)
         self.sock.connect(path)
-        self.mem_size = mem_size
-        self.memfd = make_memfd(mem_size)
-        self.mem = mmap.mmap(self.memfd, mem_size)
+        self.ram = GuestRam(mem_size)
+        self.memfd = self.ram.memfd
         self.features = features
-        self.next_data = DATA_START
-        self.queues = [FakeQueue(self, i, queue_size) for i in range(queues)]
+        self.queues = [FakeQueue(self.ram, i, queue_size) for i in range(queues)]
 
     def region(self) -> MemoryRegionSpec:
-        return MemoryRegionSpec(GPA_BASE, self.mem_size, VA_BASE, 0)
-
-    def alloc(self, n: int) -> int:
-        n = (n + 15) & ~15
-        if self.next_data + n > self.mem_size:
-            self.next_data = DATA_START
-        off = self.next_data
-        self.next_data += n
-        return off
+        return self.ram.region()
 
     # wire
     def send(
@@ -344,8 +359,7 @@ class Frontend:
         self.sock.close()
         for q in self.queues:
             q.close()
-        self.mem.close()
-        os.close(self.memfd)
+        self.ram.close()
 
     def __enter__(self) -> Frontend:
         return self

@@ -452,6 +452,7 @@ class VhostUserListener:
         offer_mem_slots: bool = False,
         stop_timeout: float = 2.0,
         require_sealed: bool = False,
+        handover_timeout: float = 2.0,
     ) -> None:
         if not 1 <= max_queues <= 64:
             raise ValueError("max_queues must be 1..64")
@@ -465,6 +466,7 @@ class VhostUserListener:
         self.offer_mem_slots = offer_mem_slots
         self.stop_timeout = stop_timeout
         self.require_sealed = require_sealed
+        self.handover_timeout = handover_timeout
         self.connections = 0  # front ends served so far
         self.connection: _Connection | None = None
         self._sock: socket.socket | None = None
@@ -509,6 +511,11 @@ class VhostUserListener:
                 conn, _ = self._sock.accept()
             except OSError:
                 continue
+            previous = self._conn_thread
+            if previous is not None and previous.is_alive():
+                # The last front end may be going away right now (a restarted
+                # QEMU connects as the old one's teardown runs): give it a moment.
+                previous.join(self.handover_timeout)
             with self._lock:
                 busy = self._conn_thread is not None and self._conn_thread.is_alive()
                 if busy:

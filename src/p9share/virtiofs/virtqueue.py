@@ -230,11 +230,13 @@ class Virtqueue:
         self.size = size
         self.event_idx = event_idx
         self.indirect = indirect
-        self.last_avail = base & 0xFFFF  # next avail ring slot to read
-        self.used_idx = base & 0xFFFF  # next used ring slot to write
+        self.last_avail = base & 0xFFFF  # next avail ring slot to read (SET_VRING_BASE)
         self._signalled: int | None = None  # used index at the last notification
         self._addrs = (desc, avail, used)
         self.remap(memory)
+        # Resume where the used ring says (as libvhost-user does): it differs from
+        # the base when requests were still in flight at the last stop.
+        self.used_idx: int = _U16.unpack_from(self._used, 2)[0]
 
     def remap(self, memory: GuestMemory) -> None:
         """Locate the rings in (new) memory: front-end virtual addresses."""
