@@ -7,16 +7,20 @@ service.  Per connection:
 
  - a control thread reads vhost-user messages, runs `BackendState`, and
    applies each event (maps memory, swaps eventfds, starts/stops queues);
- - per started queue, one thread waits on the kick eventfd and pops chains;
-   the handler runs in that thread, or with `max_inflight` > 1 in a small
-   per-queue pool, so a slow request never holds up the control thread or,
-   up to `max_inflight`, the queue;
+ - per started queue, one thread waits on the kick eventfd, pops chains and
+   runs the handler inline (as virtiofsd does with no thread pool: a thread
+   hop per request costs more than it saves under the GIL).  A handler that
+   must wait (a lock) calls `writer.defer()` and later `writer.complete()`
+   from its own thread, and the queue goes on; `max_inflight` > 1 instead runs
+   handlers in a small per-queue pool.  Neither ever holds up the control
+   thread;
  - on disconnect every queue is stopped, every fd closed, memory unmapped,
    and the per-connection handler (from `handler_factory`) closed.
 
 Everything a guest or front end can make us allocate is bounded: queues by
 `max_queues`, ring sizes by `max_queue_size`, threads by
-`max_queues * max_inflight + 1`, in-flight chains likewise.
+`max_queues * max_inflight + 1`, chains in flight (deferred ones included) by
+the queue size.
 """
 
 from __future__ import annotations
@@ -248,7 +252,9 @@ class _Queue:
             with self.lock:
                 chain: Chain | None = None
                 vq = self.vq
-                if vq is not None and self.enabled and not self.broken:
+                # In flight (deferred ones too) never exceeds the queue size: a
+                # guest that republishes heads still in flight cannot grow it.
+                if vq is not None and self.enabled and not self.broken and self.inflight < vq.size:
                     try:
                         chain = vq.pop()
                         if chain is None and vq.arm_notification():
@@ -271,10 +277,21 @@ class _Queue:
                 self._pool.submit(self._process, chain, generation)
 
     def _process(self, chain: Chain, generation: int) -> None:
+        writer = chain.writer
+        writer._finish = lambda: self._finish(chain, generation)
         try:
-            self.conn.handler.handle(chain.reader, chain.writer)
+            self.conn.handler.handle(chain.reader, writer)
         except Exception:
             log.exception("%s q%d: handler failed", self.conn.name, self.index)
+            writer.deferred = False  # a failed handler's chain goes back now
+        if not writer.deferred:
+            writer._finish = None
+            self._finish(chain, generation)
+        if self.conn.max_inflight > 1:
+            self._slots.release()
+
+    def _finish(self, chain: Chain, generation: int) -> None:
+        """Return a chain to the guest: used element, used index, call eventfd."""
         written = chain.writer.written
         chain.release()  # the handler may not touch guest memory after this
         with self.lock:
@@ -290,8 +307,9 @@ class _Queue:
                 self.inflight -= 1
                 if self.inflight == 0:
                     self.idle.notify_all()
-        if self.conn.max_inflight > 1:
-            self._slots.release()
+                full = self.inflight == (vq.size if vq is not None else 0) - 1
+        if full:
+            self._wake()  # the queue thread stopped popping at the in-flight cap
 
 
 class _Connection:
@@ -448,7 +466,7 @@ class VhostUserListener:
         *,
         max_queues: int = 9,
         max_queue_size: int = 1024,
-        max_inflight: int = 4,
+        max_inflight: int = 1,
         offer_mem_slots: bool = False,
         stop_timeout: float = 2.0,
         require_sealed: bool = False,

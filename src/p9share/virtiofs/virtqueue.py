@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .memory import GuestMemory, MemoryAccessError
 
@@ -132,9 +132,14 @@ class ChainReader:
 
 
 class ChainWriter:
-    """The device-writable part of a chain, filled front to back."""
+    """The device-writable part of a chain, filled front to back.
 
-    __slots__ = ("_i", "_off", "_segs", "available", "written")
+    A handler that cannot answer at once (a lock wait) calls `defer()`, returns,
+    and later calls `complete()` from any thread: only then does the chain go
+    back to the guest, and the queue keeps serving other chains meanwhile.
+    """
+
+    __slots__ = ("_finish", "_i", "_off", "_segs", "available", "deferred", "written")
 
     def __init__(self, segments: list[memoryview]) -> None:
         self._segs = segments
@@ -142,6 +147,22 @@ class ChainWriter:
         self._off = 0
         self.available = sum(len(s) for s in segments)
         self.written = 0
+        self.deferred = False
+        self._finish: Callable[[], None] | None = None  # set by whoever returns the chain
+
+    def defer(self) -> None:
+        """The reply comes later, through `complete()`."""
+        if self._finish is None:
+            raise ChainError("this chain cannot be completed later")
+        self.deferred = True
+
+    def complete(self) -> None:
+        """Return a deferred chain to the guest (once; later calls do nothing)."""
+        if not self.deferred:
+            raise ChainError("complete() without defer()")
+        finish, self._finish = self._finish, None
+        if finish is not None:
+            finish()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of `data`, or raise ChainError and write nothing."""
