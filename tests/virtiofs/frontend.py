@@ -314,11 +314,13 @@ class Frontend:
             return False
 
     # the sequence QEMU 7.2 drives (shared/reference/virtiofs-notes.md)
-    def init(self) -> None:
+    def init(self, extra_protocol: int = 0) -> None:
         (offered,) = struct.unpack("<Q", self.call(Request.GET_FEATURES))
         assert offered & FEATURE_PROTOCOL_FEATURES
         (proto,) = struct.unpack("<Q", self.call(Request.GET_PROTOCOL_FEATURES))
-        want = proto & ((1 << ProtocolFeature.REPLY_ACK) | (1 << ProtocolFeature.MQ))
+        want = proto & (
+            (1 << ProtocolFeature.REPLY_ACK) | (1 << ProtocolFeature.MQ) | extra_protocol
+        )
         self.send(Request.SET_PROTOCOL_FEATURES, encode_u64(want))
         (nq,) = struct.unpack("<Q", self.call(Request.GET_QUEUE_NUM))
         assert nq >= len(self.queues)

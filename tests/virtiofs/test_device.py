@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from p9share.virtiofs.device import VhostUserListener
-from p9share.virtiofs.vhost_user import Request, encode_message, encode_u64, encode_vring_state
+from p9share.virtiofs.vhost_user import (
+    ProtocolFeature,
+    Request,
+    encode_message,
+    encode_u64,
+    encode_vring_state,
+)
 from p9share.virtiofs.virtqueue import ChainReader, ChainWriter
 
 from .frontend import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, GPA_BASE, Frontend, FrontendClosed
@@ -106,8 +112,11 @@ def open_fds() -> int:
 # -- the happy path -------------------------------------------------------------
 
 
-def test_echo_on_every_queue(make_listener: Callable[..., VhostUserListener]) -> None:
-    lst = make_listener()
+@pytest.mark.parametrize("max_inflight", [1, 4])
+def test_echo_on_every_queue(
+    make_listener: Callable[..., VhostUserListener], max_inflight: int
+) -> None:
+    lst = make_listener(max_inflight=max_inflight)
     with Frontend(lst.path, queues=3) as fe:
         fe.start()
         for q in fe.queues:
@@ -192,12 +201,30 @@ def test_stale_socket_file_is_replaced_and_other_files_refused(tmp_path: Path) -
         VhostUserListener(str(tmp_path / "file"), Echo).start()
 
 
-def test_inline_handler_mode(make_listener: Callable[..., VhostUserListener]) -> None:
-    lst = make_listener(max_inflight=1)
+def test_pool_runs_handlers_side_by_side(make_listener: Callable[..., VhostUserListener]) -> None:
+    gates: list[Gate] = []
+    lock = threading.Lock()
+
+    class Shared(Gate):
+        def handle(self, reader: ChainReader, writer: ChainWriter) -> None:
+            with lock:
+                gates.append(self)
+            super().handle(reader, writer)
+
+    shared = Shared()
+    lst = make_listener(factory=lambda: shared, max_inflight=2)
     with Frontend(lst.path) as fe:
         fe.start()
-        for i in range(20):
-            assert fe.queues[1].roundtrip([b"%d" % i], [8]) == b"%d" % i
+        q = fe.queues[1]
+        q.add([b"one"], [8])
+        q.add([b"two"], [8])
+        assert wait_for(lambda: len(gates) == 2)  # both in the handler at once
+        shared.gate.set()
+        got: list[tuple[int, int]] = []
+        while len(got) < 2:
+            assert q.wait_call()
+            got += q.take_used()
+        assert sorted(n for _, n in got) == [3, 3]
 
 
 # -- hostile guest ----------------------------------------------------------------
@@ -533,3 +560,67 @@ def test_in_flight_chains_are_bounded_by_the_queue_size(
         assert wait_for(lambda: conn.queues[1].inflight == 0)
         assert wait_for(lambda: q.used_idx() == 2 * q.size)
     still_serves(lst.path)
+
+
+# -- memory slots, reset, bounds ----------------------------------------------------
+
+
+def test_add_and_remove_memory_regions(
+    make_listener: Callable[..., VhostUserListener], other_vm: Frontend
+) -> None:
+    lst = make_listener(offer_mem_slots=True)
+    with Frontend(lst.path) as fe:
+        fe.init(extra_protocol=1 << ProtocolFeature.CONFIGURE_MEM_SLOTS)
+        (slots,) = struct.unpack("<Q", fe.call(Request.GET_MAX_MEM_SLOTS))
+        assert slots == 32
+        fe.acked(Request.SET_FEATURES, encode_u64(fe.features))
+        fe.acked(Request.ADD_MEM_REG, fe.single_region(), [fe.memfd])
+        for q in fe.queues:
+            fe.start_queue(q)
+        q = fe.queues[1]
+        assert q.roundtrip([b"slot"], [8]) == b"slot"
+        # the region holding the rings goes away under a running queue: broken, not a crash
+        fe.acked(Request.REM_MEM_REG, fe.single_region())
+        assert q.err_signalled()
+        os.eventfd_read(q.err)
+        fe.acked(Request.ADD_MEM_REG, fe.single_region(), [fe.memfd])
+        fe.stop_queue(q)
+        fe.start_queue(q, base=q.avail_idx)
+        assert q.roundtrip([b"back"], [8]) == b"back"
+        # one region twice is refused (overlap), and closes the connection
+        fe.send(Request.ADD_MEM_REG, fe.single_region(), [fe.memfd], need=True)
+        assert fe.closed_by_backend()
+    still_serves(lst.path)
+
+
+def test_reset_owner_stops_the_queues(make_listener: Callable[..., VhostUserListener]) -> None:
+    lst = make_listener()
+    with Frontend(lst.path) as fe:
+        fe.start()
+        q = fe.queues[1]
+        assert q.roundtrip([b"before reset"], [16]) == b"before reset"
+        fe.acked(Request.RESET_OWNER)
+        head = q.add([b"after reset"], [16])
+        assert not q.wait_call(0.3)  # a reset ring is not served
+        fe.acked(Request.SET_FEATURES, encode_u64(fe.features))
+        fe.start_queue(q, base=q.avail_idx - 1)  # the driver re-offers its pending chain
+        assert q.wait_call()
+        assert q.take_used() == [(head, 11)]
+
+
+def test_queue_count_and_threads_are_bounded(
+    make_listener: Callable[..., VhostUserListener],
+) -> None:
+    base = threading.active_count()
+    lst = make_listener(max_queues=3)
+    with Frontend(lst.path, queues=3) as fe:
+        fe.start()
+        (nq,) = struct.unpack("<Q", fe.call(Request.GET_QUEUE_NUM))
+        assert nq == 3
+        for q in fe.queues:
+            assert q.roundtrip([b"n"], [4]) == b"n"
+        # accept thread + control thread + one per started queue
+        assert threading.active_count() <= base + 2 + 3
+        fe.send(Request.SET_VRING_NUM, encode_vring_state(3, 8))
+        assert fe.closed_by_backend()
+    assert wait_for(lambda: threading.active_count() <= base + 1)

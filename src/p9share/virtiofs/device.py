@@ -367,6 +367,10 @@ class _Connection:
                 except BaseException:
                     _close_fds(fds)
                     raise
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "%s: %s %s %s", self.name, event.request.name, event.index, event.value
+                    )
                 reply = self.state.reply(event, self._apply(event))
                 if reply:
                     self.sock.sendall(reply)
