@@ -624,3 +624,46 @@ def test_queue_count_and_threads_are_bounded(
         fe.send(Request.SET_VRING_NUM, encode_vring_state(3, 8))
         assert fe.closed_by_backend()
     assert wait_for(lambda: threading.active_count() <= base + 1)
+
+
+def test_new_kick_fd_on_a_running_ring_does_not_replay_it(
+    make_listener: Callable[..., VhostUserListener],
+) -> None:
+    lst = make_listener()
+    with Frontend(lst.path) as fe:
+        fe.start()
+        q = fe.queues[1]
+        for i in range(3):
+            assert q.roundtrip([b"%d" % i], [4]) == b"%d" % i
+        new_kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        fe.acked(Request.SET_VRING_KICK, encode_u64(1), [new_kick])
+        os.close(q.kick)
+        q.kick = new_kick
+        assert q.roundtrip([b"after"], [8]) == b"after"
+        time.sleep(0.2)
+        assert q.take_used() == []  # the three earlier chains were not served again
+        conn = lst.connection
+        assert conn is not None and conn.queues[1].processed == 4
+
+
+def test_a_stuck_handler_thread_ends_after_a_restart(
+    make_listener: Callable[..., VhostUserListener],
+) -> None:
+    gates: list[Gate] = []
+
+    def factory() -> Gate:
+        gates.append(Gate())
+        return gates[-1]
+
+    lst = make_listener(factory=factory, stop_timeout=0.3)
+    with Frontend(lst.path) as fe:
+        fe.start()
+        q = fe.queues[1]
+        q.add([b"stuck"], [8])
+        assert gates[0].entered.wait(5)
+        fe.stop_queue(q)
+        fe.start_queue(q, base=q.avail_idx)
+        threads = threading.active_count()
+        gates[0].gate.set()  # the old queue thread returns from its handler...
+        assert wait_for(lambda: threading.active_count() == threads - 1)  # ...and ends
+        assert q.roundtrip([b"new"], [8]) == b"new"

@@ -46,6 +46,7 @@ from .vhost_user import (
     MemoryRegionSpec,
     Request,
     VhostUserError,
+    VringAddr,
     parse_header,
 )
 from .virtqueue import Chain, ChainReader, ChainWriter, RingError, Virtqueue
@@ -116,46 +117,50 @@ class _Queue:
             _close_fds([old])
 
     def start(self, kick_fd: int) -> None:
-        """SET_VRING_KICK: (re)start the ring with its current configuration."""
+        """SET_VRING_KICK: start the ring, or swap the kick fd of a running one."""
         self.stop_thread()
         state = self.conn.state
         num, addr, base = state.vring(self.index)
         self.set_fd("kick_fd", kick_fd)
-        memory = self.conn.memory
         with self.lock:
-            self.generation += 1
-            self.broken = False
             self.enabled = state.vrings[self.index].enabled
-            if self.vq is not None:
-                self.vq.release()
-                self.vq = None
-            try:
-                if addr is None:  # BackendState refuses a kick before the address
-                    raise RingError("no ring address")
-                self.vq = Virtqueue(
-                    memory,
-                    size=num,
-                    desc=addr.desc,
-                    avail=addr.avail,
-                    used=addr.used,
-                    base=base,
-                    event_idx=state.event_idx,
-                    indirect=state.indirect,
-                )
-            except RingError as e:
-                self._break_locked(f"cannot start: {e}")
-        self._stop.clear()
+            if self.vq is None:  # a fresh start, not a new kick fd for a running ring
+                self.generation += 1
+                self._build_ring(num, addr, base)
+        stop = threading.Event()
+        self._stop = stop
         self._thread = threading.Thread(
             target=self._run,
+            args=(stop,),
             name=f"vhost-user {self.conn.name} q{self.index}",
             daemon=True,
         )
         self._thread.start()
 
+    def _build_ring(self, num: int, addr: VringAddr | None, base: int) -> None:
+        """Build the ring engine (lock held); the queue is broken if it cannot be."""
+        self.broken = False
+        state = self.conn.state
+        try:
+            if addr is None:  # BackendState refuses a kick before the address
+                raise RingError("no ring address")
+            self.vq = Virtqueue(
+                self.conn.memory,
+                size=num,
+                desc=addr.desc,
+                avail=addr.avail,
+                used=addr.used,
+                base=base,
+                event_idx=state.event_idx,
+                indirect=state.indirect,
+            )
+        except RingError as e:
+            self._break_locked(f"cannot start: {e}")
+
     def set_enabled(self, enabled: bool) -> None:
         with self.lock:
             self.enabled = enabled
-        self._wake()
+            self._wake_locked()
 
     def remap(self, memory: GuestMemory) -> None:
         """A new memory table: re-locate the rings; chains in flight keep their
@@ -166,14 +171,15 @@ class _Queue:
                     self.vq.remap(memory)
                 except RingError as e:
                     self._break_locked(f"after a new memory table: {e}")
-        self._wake()
+            self._wake_locked()
 
     def stop_thread(self) -> None:
         t = self._thread
         if t is None:
             return
-        self._stop.set()
-        self._wake()
+        self._stop.set()  # this thread's own event: a new start() cannot revive it
+        with self.lock:
+            self._wake_locked()
         t.join(self.conn.stop_timeout)
         if t.is_alive():
             log.warning("%s q%d: a handler is still running after stop", self.conn.name, self.index)
@@ -209,13 +215,16 @@ class _Queue:
         self.set_fd("err_fd", None)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        _close_fds([self._wake_r, self._wake_w])
+        with self.lock:  # a late completion must not write to a reused fd number
+            _close_fds([self._wake_r, self._wake_w])
+            self._wake_r = self._wake_w = -1
 
     # -- queue-thread side --------------------------------------------------------
 
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"\0")
+    def _wake_locked(self) -> None:
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"\0")
 
     def _break_locked(self, reason: str) -> None:
         """The guest broke this ring: stop using it and tell the front end."""
@@ -225,29 +234,33 @@ class _Queue:
             with contextlib.suppress(OSError):
                 os.write(self.err_fd, _ONE)
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         poller = select.poll()
         with self.lock:
-            kick = self.kick_fd
+            kick, wake = self.kick_fd, self._wake_r
         if kick is not None:
             poller.register(kick, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        while not self._stop.is_set():
-            self._drain()
+        poller.register(wake, select.POLLIN)
+        while not stop.is_set():
+            self._drain(stop)
+            if stop.is_set():
+                break  # the fds may be closed (and their numbers reused) from here on
             try:
                 ready = poller.poll(_POLL_MS)
             except InterruptedError:
                 continue
+            if stop.is_set():
+                break
             for fd, _ in ready:
                 with contextlib.suppress(OSError):
-                    os.read(fd, 4096 if fd == self._wake_r else 8)
+                    os.read(fd, 4096 if fd == wake else 8)
 
-    def _drain(self) -> None:
+    def _drain(self, stop: threading.Event) -> None:
         inline = self.conn.max_inflight == 1
-        while not self._stop.is_set():
+        while not stop.is_set():
             if not inline:
                 while not self._slots.acquire(timeout=0.2):
-                    if self._stop.is_set():
+                    if stop.is_set():
                         return
             with self.lock:
                 chain: Chain | None = None
@@ -307,9 +320,8 @@ class _Queue:
                 self.inflight -= 1
                 if self.inflight == 0:
                     self.idle.notify_all()
-                full = self.inflight == (vq.size if vq is not None else 0) - 1
-        if full:
-            self._wake()  # the queue thread stopped popping at the in-flight cap
+                if vq is not None and self.inflight == vq.size - 1:
+                    self._wake_locked()  # the queue thread stopped popping at the cap
 
 
 class _Connection:
