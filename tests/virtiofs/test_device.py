@@ -667,3 +667,16 @@ def test_a_stuck_handler_thread_ends_after_a_restart(
         gates[0].gate.set()  # the old queue thread returns from its handler...
         assert wait_for(lambda: threading.active_count() == threads - 1)  # ...and ends
         assert q.roundtrip([b"new"], [8]) == b"new"
+
+
+def test_fds_from_the_front_end_are_close_on_exec(
+    make_listener: Callable[..., VhostUserListener],
+) -> None:
+    lst = make_listener()
+    with Frontend(lst.path) as fe:
+        fe.start()
+        conn = lst.connection
+        assert conn is not None
+        q = conn.queues[1]
+        fds = [q.kick_fd, q.call_fd, q.err_fd]
+        assert all(fd is not None and not os.get_inheritable(fd) for fd in fds)

@@ -33,6 +33,7 @@ import select
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, cast
@@ -348,7 +349,7 @@ class _Connection:
         buf = bytearray()
         anc = socket.CMSG_SPACE(_MAX_FDS * 4)
         while len(buf) < n:
-            data, ancdata, flags, _ = self.sock.recvmsg(n - len(buf), anc)
+            data, ancdata, flags, _ = self.sock.recvmsg(n - len(buf), anc, socket.MSG_CMSG_CLOEXEC)
             for level, kind, cdata in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     usable = len(cdata) - len(cdata) % 4
@@ -543,7 +544,9 @@ class VhostUserListener:
                 return
             try:
                 conn, _ = self._sock.accept()
-            except OSError:
+            except OSError as e:
+                log.warning("%s: accept: %s", self.path, e)
+                time.sleep(0.1)  # EMFILE and the like: do not spin
                 continue
             previous = self._conn_thread
             if previous is not None and previous.is_alive():
