@@ -371,3 +371,28 @@ def test_new_memory_table_with_chain_in_flight(
     chain.release()
     vq.release()
     new.close()
+
+
+def test_preadv_and_pwritev_go_straight_to_guest_memory(
+    memory: GuestMemory, fq: FakeQueue, tmp_path: object
+) -> None:
+    vq = engine(memory, fq)
+    head = fq.add([b"to the ", b"file"], [5, 100], kick=False)
+    chain = vq.pop()
+    assert chain is not None
+    path = f"{tmp_path}/data"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert os.pwritev(fd, chain.reader.views(), 0) == 11  # guest buffers -> file
+        os.pwrite(fd, b" and back", 11)
+        views = chain.writer.views(20)
+        assert [len(v) for v in views] == [5, 15]  # spans both writable buffers
+        n = os.preadv(fd, views, 0)  # file -> guest buffers
+        chain.writer.advance(n)
+    finally:
+        os.close(fd)
+    assert n == 20 and chain.writer.written == 20
+    vq.push(head, chain.writer.written)
+    chain.release()
+    assert fq.take_used() == [(head, 20)]
+    assert fq.reply(head, 20) == b"to the file and back"
