@@ -14,6 +14,7 @@ import os
 import select
 import socket
 import struct
+import time
 
 from p9share.virtiofs.vhost_user import (
     FEATURE_EVENT_IDX,
@@ -176,11 +177,25 @@ class FakeQueue:
         # As Linux's virtqueue_enable_cb: interrupt me once you pass what I saw.
         self.set_used_event(self.used_seen)
         if self.used_seen != self.used_idx():
+            try:  # consume the notification that came with it, if any
+                os.eventfd_read(self.call)
+            except BlockingIOError:
+                pass
             return True
         r, _, _ = select.select([self.call], [], [], timeout)
         if not r:
             return False
         os.eventfd_read(self.call)
+        return True
+
+    def stays_unserved(self, seconds: float = 0.3) -> bool:
+        """No used entry appears for `seconds`."""
+        before = self.used_idx()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.used_idx() != before:
+                return False
+            time.sleep(0.01)
         return True
 
     def err_signalled(self, timeout: float = 5.0) -> bool:

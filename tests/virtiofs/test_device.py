@@ -147,7 +147,7 @@ def test_stop_returns_avail_index_and_restart_resumes(
         assert fe.stop_queue(q) == 5
         # a chain made available while stopped is not served...
         head = q.add([b"while stopped"], [32])
-        assert not q.wait_call(0.3)
+        assert q.stays_unserved(0.3)
         # ...until the front end restarts the ring from the base it was given
         fe.start_queue(q, base=5)
         assert q.wait_call()
@@ -277,7 +277,7 @@ def test_hostile_ring_breaks_only_that_queue(
         assert conn is not None and conn.queues[1].broken
         # the broken queue is not processed any more...
         q.add([b"ignored"], [8])
-        assert not q.wait_call(0.3)
+        assert q.stays_unserved(0.3)
         # ...the other queue of the same device still is
         assert fe.queues[0].roundtrip([b"hiprio"], [8]) == b"hiprio"
         # and a front end reset of the ring (stop, start) brings it back
@@ -601,7 +601,7 @@ def test_reset_owner_stops_the_queues(make_listener: Callable[..., VhostUserList
         assert q.roundtrip([b"before reset"], [16]) == b"before reset"
         fe.acked(Request.RESET_OWNER)
         head = q.add([b"after reset"], [16])
-        assert not q.wait_call(0.3)  # a reset ring is not served
+        assert q.stays_unserved(0.3)  # a reset ring is not served
         fe.acked(Request.SET_FEATURES, encode_u64(fe.features))
         fe.start_queue(q, base=q.avail_idx - 1)  # the driver re-offers its pending chain
         assert q.wait_call()

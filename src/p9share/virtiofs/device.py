@@ -292,14 +292,14 @@ class _Queue:
 
     def _process(self, chain: Chain, generation: int) -> None:
         writer = chain.writer
-        writer._finish = lambda: self._finish(chain, generation)
+        writer.on_finish(lambda: self._finish(chain, generation))
         try:
             self.conn.handler.handle(chain.reader, writer)
         except Exception:
             log.exception("%s q%d: handler failed", self.conn.name, self.index)
             writer.deferred = False  # a failed handler's chain goes back now
         if not writer.deferred:
-            writer._finish = None
+            writer.on_finish(None)
             self._finish(chain, generation)
         if self.conn.max_inflight > 1:
             self._slots.release()

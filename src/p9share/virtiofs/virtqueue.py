@@ -150,6 +150,10 @@ class ChainWriter:
         self.deferred = False
         self._finish: Callable[[], None] | None = None  # set by whoever returns the chain
 
+    def on_finish(self, finish: Callable[[], None] | None) -> None:
+        """What `complete()` runs (the edge sets this before calling the handler)."""
+        self._finish = finish
+
     def defer(self) -> None:
         """The reply comes later, through `complete()`."""
         if self._finish is None:
