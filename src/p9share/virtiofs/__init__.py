@@ -6,3 +6,15 @@ translation), `virtqueue` (the split-ring engine and the ChainReader/ChainWriter
 a request handler sees), `device` (the socket/eventfd/thread edge:
 `VhostUserListener`).  The FUSE codec and session sit above `device`.
 """
+
+from .device import ChainHandler, HandlerFactory, VhostUserListener
+from .virtqueue import ChainError, ChainReader, ChainWriter
+
+__all__ = [
+    "ChainError",
+    "ChainHandler",
+    "ChainReader",
+    "ChainWriter",
+    "HandlerFactory",
+    "VhostUserListener",
+]
