@@ -18,9 +18,9 @@ service.  Per connection:
    and the per-connection handler (from `handler_factory`) closed.
 
 Everything a guest or front end can make us allocate is bounded: queues by
-`max_queues`, ring sizes by `max_queue_size`, threads by
-`max_queues * max_inflight + 1`, chains in flight (deferred ones included) by
-the queue size.
+`max_queues`, ring sizes by `max_queue_size`, threads by 1 + `max_queues`
+(+ `max_inflight` each with a pool), chains in flight (deferred ones
+included) by the queue size.
 """
 
 from __future__ import annotations
