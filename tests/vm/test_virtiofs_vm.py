@@ -40,18 +40,23 @@ def make_backend(name: str, export: Path) -> VhostUserBackend:
     return P9shareVhostUser(export)
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(
-    request: pytest.FixtureRequest, share: tuple[Path, Path, str]
-) -> Iterator[VhostUserBackend]:
-    b = make_backend(request.param, share[0])
+def start_backend(name: str, export: Path) -> VhostUserBackend:
+    """Started, or the test skipped while p9share refuses the vhost-user address."""
+    b = make_backend(name, export)
     try:
-        b.start()
+        return b.start()
     except BackendError as e:
         b.close()
         if e.unsupported:
             pytest.skip(f"{b.name}: not served yet ({str(e).splitlines()[-1]})")
         raise
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(
+    request: pytest.FixtureRequest, share: tuple[Path, Path, str]
+) -> Iterator[VhostUserBackend]:
+    b = start_backend(request.param, share[0])
     try:
         yield b
     finally:
