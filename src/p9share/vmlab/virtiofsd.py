@@ -250,8 +250,11 @@ class Virtiofsd(VhostUserBackend):
 
 class P9shareVhostUser(VhostUserBackend):
     """``p9share serve EXPORT --listen vhost-user:SOCK`` (issue 10's contract) in a
-    subprocess. ``cache`` adds ``--cache MODE``. Raises :class:`BackendError`
-    with ``unsupported`` set while the server refuses that address or option."""
+    subprocess. ``cache`` adds ``--cache MODE``: an option the server does not have
+    yet (the issue puts the cache mode in the policy's export); whoever adds it, or
+    another way to pass it, changes :meth:`command` only. Raises
+    :class:`BackendError` with ``unsupported`` set while the server refuses that
+    address or option."""
 
     name = "p9share serve --listen vhost-user"
     survives_disconnect = True  # the contract: the socket serves the next boot
