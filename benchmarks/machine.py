@@ -7,6 +7,7 @@ import platform
 import resource
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,6 +23,51 @@ def cpu_seconds(pid: int) -> float:
         stat = f.read()
     fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        stat = f.read()
+    return stat[stat.rindex(")") + 2 :].split()  # fields from 3 (state) on
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of process ``pid``, its reaped children (cutime, cstime) and its
+    live descendants: a server that forks (virtiofsd's sandbox runs in a child in
+    a new pid namespace) is counted whole. A descendant that has exited but is not
+    reaped yet is still listed (as a zombie), so nothing falls between the two."""
+    try:
+        f = _stat_fields(pid)
+    except OSError:
+        return 0.0  # gone meanwhile (reaped: its parent's cutime has it)
+    total = sum(int(x) for x in f[11:15]) / CLK_TCK  # utime stime cutime cstime
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        tids = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as c:
+                kids = [int(k) for k in c.read().split()]
+        except OSError:
+            continue
+        total += sum(tree_cpu_seconds(k) for k in kids)
+    return total
+
+
+def wait_exited(pid: int, timeout: float) -> bool:
+    """Wait until child ``pid`` has exited but is not reaped yet (a zombie: its
+    /proc entry still has its CPU times). False if it still runs after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if _stat_fields(pid)[0] in ("Z", "X"):
+                return True
+        except OSError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
 
 
 def rss_bytes(pid: int) -> int:
@@ -99,6 +145,7 @@ def machine_info(qemu: str | None = None, guest_kernel: str | None = None) -> di
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "diod": _run(["dpkg-query", "-W", "-f=${Version}", "diod"]),
+        "virtiofsd": _run(["dpkg-query", "-W", "-f=${Version}", "qemu-system-common"]),
     }
     if qemu:
         info["qemu"] = (

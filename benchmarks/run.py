@@ -1,4 +1,4 @@
-"""Guest benchmarks: the same workloads from the same Linux guest against each 9P server.
+"""Guest benchmarks: the same workloads from the same Linux guest against each file server.
 
     pip install -e .[bench]          # matplotlib, for the chart
     python benchmarks/run.py         # full run (~20 min on 2 cores under TCG)
@@ -7,9 +7,13 @@
 Servers (each round boots one guest per server, in turn, so rounds interleave):
 p9share over trans=tcp and trans=fd (virtio-serial), Debian's diod over trans=tcp,
 and QEMU's built-in virtio-9p (security_model mapped-xattr and passthrough: no
-network hop and no separate server process, the ceiling of this lab). Each guest run
-does every workload of ``benchmarks/guest.sh``; the host records the timestamps the
-guest prints, the server process's CPU seconds (/proc/PID/stat) and the load.
+network hop and no separate server process, the ceiling of this lab); over virtio-fs
+(vhost-user-fs-pci), QEMU's virtiofsd with cache none and auto, and p9share
+(``p9share serve --listen vhost-user:SOCK --cache MODE``: skipped, saying why, while
+the server refuses that address or option). Each guest run does every workload of
+``benchmarks/guest.sh``, timed in the guest with a microsecond clock (/bin/p9now);
+the host records the timestamps the guest prints, the server's CPU seconds (its
+process tree, /proc/PID/stat) and the load.
 
 Results go to ``benchmarks/results/``: ``guest-<time>.json`` (machine information and
 every sample) and, via ``benchmarks/report.py``, ``latest.md`` and ``latest.png``.
@@ -30,7 +34,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +42,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
-from machine import cpu_seconds, in_dir, machine_info, pin  # noqa: E402
+from machine import in_dir, machine_info, pin, tree_cpu_seconds, wait_exited  # noqa: E402
 
 from p9share.vmlab import run_guest, setup  # noqa: E402
 from p9share.vmlab.diod import Diod, free_port, stop_process  # noqa: E402
+from p9share.vmlab.virtiofsd import (  # noqa: E402
+    BackendError,
+    P9shareVhostUser,
+    VhostUserBackend,
+    Virtiofsd,
+)
 
 RESULTS = HERE / "results"
 MIB = 1 << 20
@@ -50,9 +60,10 @@ MIB = 1 << 20
 @dataclass(frozen=True)
 class ServerSpec:
     name: str
-    kind: str  # p9share | diod | qemu
-    transport: str  # tcp | fd | virtio
+    kind: str  # p9share | diod | qemu | virtiofsd
+    transport: str  # tcp | fd | virtio | virtiofs
     security: str = ""  # QEMU's security_model
+    cache: str = ""  # virtio-fs: the server's cache mode (none | auto | always)
 
 
 SERVERS = (
@@ -61,7 +72,15 @@ SERVERS = (
     ServerSpec("diod-tcp", "diod", "tcp"),
     ServerSpec("qemu-virtio-mapped", "qemu", "virtio", "mapped-xattr"),
     ServerSpec("qemu-virtio-passthrough", "qemu", "virtio", "passthrough"),
+    ServerSpec("p9share-virtiofs-none", "p9share", "virtiofs", cache="none"),
+    ServerSpec("virtiofsd-none", "virtiofsd", "virtiofs", cache="none"),
+    ServerSpec("p9share-virtiofs-auto", "p9share", "virtiofs", cache="auto"),
+    ServerSpec("virtiofsd-auto", "virtiofsd", "virtiofs", cache="auto"),
 )
+
+
+class Skipped(Exception):
+    """The server cannot serve this row yet (the message says why)."""
 
 
 @dataclass
@@ -111,9 +130,30 @@ def make_tree(dest: Path, nfiles: int, seed: int = 6) -> tuple[Path, int]:
 
 @contextmanager
 def serve(spec: ServerSpec, export: Path, tmp: Path) -> Iterator[tuple[dict[str, object], int]]:
-    """Start ``spec``'s server on ``export``; yield (run_guest kwargs, server pid or 0)."""
+    """Start ``spec``'s server on ``export``; yield (run_guest kwargs, server pid or 0).
+    Raises :class:`Skipped` when p9share refuses a vhost-user listener."""
     if spec.kind == "qemu":
         yield {"transport": "virtio", "virtio_dir": export, "virtio_security": spec.security}, 0
+        return
+    if spec.transport == "virtiofs":
+        backend: VhostUserBackend
+        if spec.kind == "virtiofsd":
+            backend = Virtiofsd(export, cache=spec.cache, socket_path=tmp / "vu.sock")
+        else:
+            backend = P9shareVhostUser(export, cache=spec.cache, socket_path=tmp / "vu.sock",
+                                       extra_args=["--landlock", "off"])  # fmt: skip
+        try:
+            with pin(1), in_dir(tmp):
+                backend.start()
+        except BackendError as e:
+            backend.close()
+            if e.unsupported:
+                raise Skipped(str(e).strip().splitlines()[-1]) from None
+            raise
+        try:
+            yield {"transport": "virtiofs", "socket_path": backend.socket_path}, backend.pid
+        finally:
+            backend.close()
         return
     if spec.kind == "diod":
         with pin(1), in_dir(tmp), Diod(export) as d:
@@ -169,7 +209,7 @@ def parse_output(output: str) -> tuple[list[dict[str, object]], list[str]]:
         if f[:1] == ["RESULT"] and len(f) >= 6:
             samples.append({
                 "workload": f[1],
-                "seconds": round(float(f[3]) - float(f[2]), 3),
+                "seconds": round(float(f[3]) - float(f[2]), 6),
                 "amount": int(f[4]),
                 "unit": f[5],
                 "msize": int(f[6]) if len(f) > 6 and f[6].isdigit() else None,
@@ -191,8 +231,12 @@ def run_one(
         export.mkdir()
         os.chmod(tmp, 0o755)  # diod serves the client's first attach as 'nobody'
         os.chmod(export, 0o777)
-        with serve(spec, export, tmp) as (kw, pid):
-            cpu0 = cpu_seconds(pid) if pid else None
+        with ExitStack() as stack:
+            try:
+                kw, pid = stack.enter_context(serve(spec, export, tmp))
+            except Skipped as e:
+                return {"server": spec.name, "skipped": str(e), "samples": [], "failures": []}
+            cpu0 = tree_cpu_seconds(pid) if pid else None
             with pin(0):
                 res = run_guest(
                     script,
@@ -204,7 +248,10 @@ def run_one(
                     },
                     **kw,  # type: ignore[arg-type]
                 )
-            cpu1 = cpu_seconds(pid) if pid else None
+            if pid and spec.kind == "virtiofsd":
+                # it exits once QEMU has gone: count what it did until then
+                wait_exited(pid, timeout=10)
+            cpu1 = tree_cpu_seconds(pid) if pid else None
     samples, failures = parse_output(res.output)
     if res.status != 0 or "DONE" not in res.output:
         failures.append(f"guest status {res.status}: {res.error or res.output[-500:]}")
@@ -285,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.monotonic()
                 run = run_one(spec, sizes, tree, tree_bytes, a.timeout) | {"round": r}
                 runs.append(run)
+                if run.get("skipped"):
+                    print(f"round {r + 1}/{rounds} {spec.name}: skipped: {run['skipped']}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    continue
                 print(f"round {r + 1}/{rounds} {spec.name}: {len(run['samples'])} samples, "  # type: ignore[arg-type]
                       f"{time.monotonic() - t0:.0f}s"
                       + (f", FAILURES {run['failures']}" if run["failures"] else ""),

@@ -12,6 +12,7 @@ serve a fresh export directory on a free port / a private Unix socket.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -62,3 +63,19 @@ def diod_tcp(diod_bin: str, export_dir: Path) -> Iterator[Diod]:
 def diod_unix(diod_bin: str, export_dir: Path) -> Iterator[Diod]:
     with Diod(export_dir, unix=True) as d:
         yield d
+
+
+@pytest.fixture
+def share() -> Iterator[tuple[Path, Path, str]]:
+    """An export, and beside it a secret that a symlink planted in the export points to."""
+    base = Path(tempfile.mkdtemp(prefix="p9vm-"))
+    os.chmod(base, 0o755)
+    export, outside = base / "export", base / "outside"
+    export.mkdir()
+    outside.mkdir()
+    token = "SECRET-" + secrets.token_hex(8)
+    (outside / "secret.txt").write_text(token)
+    os.symlink(outside / "secret.txt", export / "escape-abs")
+    os.symlink("../outside/secret.txt", export / "escape-rel")
+    yield export, outside, token
+    shutil.rmtree(base, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,9 +43,11 @@ def test_boot_without_mount(vm_assets: Assets, tmp_path: Path) -> None:
         'echo "args=$#:$1:$2"\n'
         "uname -r\n"
         "grep -c ' 9p ' /proc/mounts || true\n"
+        "grep -c -e '^fuse ' -e '^virtiofs ' /proc/modules || true\n"
         "cat /etc/payload\n"
         "/opt/tool.sh\n"
         "ls /bin/p9xattr /bin/p9lock\n"
+        'echo "$(p9now) $(p9now)"\n'
         "printf 'no newline at the end'\n"
         "exit 7\n"
     )
@@ -58,15 +61,21 @@ def test_boot_without_mount(vm_assets: Assets, tmp_path: Path) -> None:
     )
     _discard(res)
     assert res.status == 7, res.describe()
+    clock = res.output.splitlines()[-2]
     assert res.output == (
         "args=2:one:two words\n"
         f"{vm_assets.kernel_version}\n"
         "0\n"
+        "0\n"  # fuse and virtiofs are loaded only for virtio-fs guests
         "payload-bytes\n"
         "tool-ran\n"
         "/bin/p9lock   /bin/p9xattr\n"
+        f"{clock}\n"
         "no newline at the end"
     ), res.describe()
+    # the microsecond clock: monotonic, six decimals, two calls within a second
+    t0, t1 = (float(t) for t in clock.split())
+    assert re.fullmatch(r"\d+\.\d{6} \d+\.\d{6}", clock) and 0 < t1 - t0 < 1, clock
     assert res.mount_line == ""
     assert res.boot_seconds is not None and 0 < res.boot_seconds < res.wall_seconds
     assert "P9VMLAB-" in res.console

@@ -26,6 +26,13 @@ from p9share.vmlab.assets import (
 from p9share.vmlab.cpio import CpioWriter, read_archive
 from p9share.vmlab.recorder import Recorder, message_name
 from p9share.vmlab.runner import _mount_options, _overlay, _parse_console, run_guest
+from p9share.vmlab.virtiofsd import (
+    BackendError,
+    P9shareVhostUser,
+    Virtiofsd,
+    find_virtiofsd,
+    unix_socket_listening,
+)
 
 
 def _sample_archive() -> bytes:
@@ -125,6 +132,9 @@ def test_mount_options() -> None:
         "trans=virtio,version=9p2000.L,msize=512000",
     )
     assert _mount_options("none", None, "9p2000.L", "x", "y") == ("", "")
+    # virtio-fs: the tag, and only the caller's options (the client rejects 9P ones)
+    assert _mount_options("virtiofs", 5640, "9p2000.L", "/srv", "", "vfs1") == ("vfs1", "")
+    assert _mount_options("virtiofs", None, "9p2000.L", "", ",dax,") == ("p9share", "dax")
 
 
 def test_virtio_arguments_are_checked(tmp_path: Path) -> None:
@@ -138,8 +148,81 @@ def test_virtio_arguments_are_checked(tmp_path: Path) -> None:
         run_guest("true", transport="virtio", virtio_dir=comma)
     with pytest.raises(VMLabError, match="not a directory"):
         run_guest("true", transport="virtio", virtio_dir=tmp_path / "missing")
-    with pytest.raises(ValueError, match="tcp, fd, virtio or none"):
+    with pytest.raises(ValueError, match="tcp, fd, virtio, virtiofs or none"):
         run_guest("true", transport="vsock")  # type: ignore[arg-type]
+
+
+def test_virtiofs_arguments_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="socket_path"):
+        run_guest("true", transport="virtiofs")
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(VMLabError, match=r"not a Unix socket.*vhost-user-fs back end"):
+        run_guest("true", transport="virtiofs", socket_path=tmp_path / "plain")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(tmp_path / "vu.sock"))
+        for bad in ("", "a" * 37, "two words", "a,b"):
+            with pytest.raises(ValueError, match="virtiofs_tag"):
+                run_guest(
+                    "true", transport="virtiofs", socket_path=tmp_path / "vu.sock",
+                    virtiofs_tag=bad,
+                )  # fmt: skip
+
+
+def test_unix_socket_listening_reads_proc_without_connecting(tmp_path: Path) -> None:
+    path = tmp_path / "l.sock"
+    assert not unix_socket_listening(path)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        assert not unix_socket_listening(path)  # bound, not listening
+        s.listen(1)
+        assert unix_socket_listening(path)
+        assert not unix_socket_listening(tmp_path / "l.soc")
+        s.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            s.accept()  # nobody connected to find out
+    assert not unix_socket_listening(path)
+
+
+def test_virtiofsd_starts_listens_and_stops(tmp_path: Path) -> None:
+    find_virtiofsd()
+    with pytest.raises(ValueError, match="cache"):
+        Virtiofsd(tmp_path, cache="loose")
+    v = Virtiofsd(tmp_path / "export", cache="none", xattr=True, socket_path=tmp_path / "v.sock")
+    assert v.command()[1:] == [
+        f"--socket-path={tmp_path / 'v.sock'}", "-o", f"source={tmp_path / 'export'}",
+        "-o", "cache=none", "-o", "sandbox=namespace", "-o", "xattr",
+    ]  # fmt: skip
+    with v:
+        assert unix_socket_listening(tmp_path / "v.sock")
+        assert v.proc is not None and v.proc.poll() is None
+        assert "Waiting for vhost-user socket connection" in v.log_text()
+    assert v.proc.poll() is not None and not (tmp_path / "v.sock").exists()
+
+
+def test_a_back_end_that_exits_is_a_clear_error(tmp_path: Path) -> None:
+    v = Virtiofsd(tmp_path / "export", extra_args=["-o", "no_such_option"])
+    with pytest.raises(BackendError, match="virtiofsd exited with status") as e:
+        v.__enter__()
+    assert not e.value.unsupported
+
+
+@pytest.mark.parametrize("cache", [None, "none"])
+def test_p9share_vhost_user_starts_or_is_reported_unsupported(
+    tmp_path: Path, cache: str | None
+) -> None:
+    # The VM tests and the benchmark skip p9share's virtio-fs rows on
+    # ``unsupported`` only: a server that does not know the address (or --cache)
+    # yet. Once it serves vhost-user, the start succeeds and it listens.
+    b = P9shareVhostUser(tmp_path, cache=cache, socket_path=tmp_path / "p.sock")
+    try:
+        b.start()
+    except BackendError as e:
+        assert e.unsupported, e
+        assert "vhost-user" in str(e) or "--cache" in str(e)
+    else:
+        assert unix_socket_listening(tmp_path / "p.sock")
+    finally:
+        b.close()
 
 
 def test_overlay_quotes_config_and_args() -> None:

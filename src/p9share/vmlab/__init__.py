@@ -1,7 +1,8 @@
-"""p9share.vmlab - a throw-away Linux guest whose kernel mounts a host 9P server.
+"""p9share.vmlab - a throw-away Linux guest whose kernel mounts a host file server.
 
 The guest kernel's own v9fs client (Linux 6.1 from Debian) is a real 9P2000.L/.u
-client that we did not write, so tests can check a server against it.
+client that we did not write, and its virtiofs client a real FUSE-over-virtqueue
+one, so tests can check a server against them.
 
 How it works
 ------------
@@ -11,11 +12,12 @@ How it works
   kernel package that ``linux-image-amd64`` depends on with ``apt-get download`` (the
   generic ``-amd64`` flavour: the ``-cloud`` one lacks the 9p modules), and extracts
   ``vmlinuz`` plus the modules 9p, 9pnet, 9pnet_fd, 9pnet_virtio, virtio_pci,
-  virtio_net, virtio_console and their ``depends=`` closure, in load order. It
+  virtio_net, virtio_console, fuse, virtiofs and their ``depends=`` closure, in load
+  order (fuse and virtiofs are loaded only by virtio-fs guests). It
   decompresses the bzImage's payload into an ELF ``vmlinux``: QEMU boots that
   directly through its PVH entry point, which skips the in-guest decompression and
   saves ~5 s per boot under TCG (a probe boot checks it; otherwise the bzImage is
-  used). It compiles the static guest helpers ``p9xattr``, ``p9lock`` and ``p9posix``
+  used). It compiles the static guest helpers ``p9xattr``, ``p9lock``, ``p9posix``, ``p9now``
   (``guest/*.c``, ``gcc -static``) and writes the base initramfs (static busybox and
   its applet links, the modules, ``guest/init.sh`` as /init, the helpers) as a cpio
   "newc" archive in Python, gzip'd and NUL-padded to a multiple of 512 bytes.
@@ -37,6 +39,12 @@ How it works
   (``-fsdev local,security_model=mapped-xattr|passthrough|...``) shares a host
   directory under the mount tag ``p9share`` and the guest mounts it with
   ``trans=virtio`` (the in-process reference point of the benchmarks).
+  ``virtiofs``: a vhost-user-fs back end listens on a host Unix socket; QEMU
+  connects as ``-chardev socket,path=SOCK -device vhost-user-fs-pci,tag=TAG`` with
+  guest RAM as a shared memfd (``-object memory-backend-memfd,share=on -numa
+  node,memdev=mem``) that the back end maps; the guest mounts ``mount -t virtiofs
+  TAG /mnt``. Works under TCG. :class:`p9share.vmlab.virtiofsd.Virtiofsd` runs
+  QEMU's own ``/usr/lib/qemu/virtiofsd`` as the reference back end.
 * **The fd relay.** On Linux 6.1 the fd transport cannot use the port device
   directly: ``kernel_read()``/``kernel_write()`` need ``->read_iter``/``->write_iter``
   and virtio_console only has ``.read``/``.write`` (mount fails with EIO, dmesg
@@ -49,7 +57,8 @@ How it works
   above 64 KiB) hangs.
 * :mod:`p9share.vmlab.recorder` is a frame-logging proxy for recording golden
   vectors of a real client session; :class:`p9share.vmlab.diod.Diod` runs Debian's
-  diod as a reference server.
+  diod as a reference 9P server, :class:`p9share.vmlab.virtiofsd.Virtiofsd` QEMU's
+  virtiofsd as a reference virtio-fs back end.
 
 CLI: ``python -m p9share.vmlab setup | info | run ... SCRIPT | record ...``.
 """
@@ -59,6 +68,7 @@ from .runner import (
     STATUS_MOUNT_FAILED,
     STATUS_NO_RESULT,
     STATUS_TIMEOUT,
+    VIRTIOFS_TAG,
     GuestError,
     GuestResult,
     run_guest,
@@ -68,6 +78,7 @@ __all__ = [
     "STATUS_MOUNT_FAILED",
     "STATUS_NO_RESULT",
     "STATUS_TIMEOUT",
+    "VIRTIOFS_TAG",
     "Assets",
     "GuestError",
     "GuestResult",

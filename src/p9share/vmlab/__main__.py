@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .assets import VMLabError, setup
-from .runner import ExtraFile, run_guest
+from .runner import TRANSPORTS, VIRTIOFS_TAG, ExtraFile, run_guest
 
 
 def _cmd_setup(a: argparse.Namespace) -> int:
@@ -47,6 +47,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
         socket_path=a.socket,
         virtio_dir=a.dir,
         virtio_security=a.security_model,
+        virtiofs_tag=a.tag,
         aname=a.aname,
         version=a.version,
         mount_opts=",".join(a.opts),
@@ -91,9 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         help="boot, mount, run SCRIPT in the mount, exit with its status "
         "(124 timeout, 125 no result, 126 mount failed)",
     )
-    r.add_argument("--transport", "-t", choices=["tcp", "fd", "virtio", "none"], default="tcp")
+    r.add_argument("--transport", "-t", choices=TRANSPORTS, default="tcp")
     r.add_argument("--port", "-p", type=int, help="server port on 127.0.0.1 (tcp)")
-    r.add_argument("--socket", "-s", help="server's Unix socket (fd)")
+    r.add_argument(
+        "--socket", "-s", help="server's Unix socket (fd), vhost-user-fs back end's (virtiofs)"
+    )
+    r.add_argument("--tag", default=VIRTIOFS_TAG, help="virtio-fs mount tag (virtiofs)")
     r.add_argument("--dir", help="host directory QEMU's virtio-9p shares (virtio)")
     r.add_argument(
         "--security-model",

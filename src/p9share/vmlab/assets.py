@@ -42,9 +42,13 @@ MODULES: tuple[str, ...] = (
     "virtio_pci",
     "virtio_net",
     "virtio_console",
+    "fuse",
+    "virtiofs",
 )
+#: Modules in the image that only a virtio-fs guest loads (9P guests boot as before).
+VIRTIOFS_MODULES: tuple[str, ...] = ("fuse", "virtiofs")
 #: Guest helper programs compiled from ``guest/NAME.c`` and installed as ``/bin/NAME``.
-HELPERS: tuple[str, ...] = ("p9xattr", "p9lock", "p9posix")
+HELPERS: tuple[str, ...] = ("p9xattr", "p9lock", "p9posix", "p9now")
 #: Bumped whenever the layout of the cache or the initramfs changes.
 LAYOUT_VERSION = 1
 KERNEL_META_PACKAGE = "linux-image-amd64"

@@ -1,4 +1,4 @@
-"""Boot the test guest once: mount the 9P server, run a script, collect the result."""
+"""Boot the test guest once: mount the share (9P or virtio-fs), run a script, collect the result."""
 
 from __future__ import annotations
 
@@ -19,23 +19,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .assets import Assets, VMLabError, kernel_cmdline, qemu_command, setup
+from .assets import VIRTIOFS_MODULES, Assets, VMLabError, kernel_cmdline, qemu_command, setup
 from .cpio import CpioWriter
 
 log = logging.getLogger("p9share.vmlab")
 
-Transport = Literal["tcp", "fd", "virtio", "none"]
+Transport = Literal["tcp", "fd", "virtio", "virtiofs", "none"]
+TRANSPORTS: tuple[Transport, ...] = ("tcp", "fd", "virtio", "virtiofs", "none")
 
 #: ``GuestResult.status`` values that are not the script's own exit status.
 STATUS_TIMEOUT = 124  # QEMU was killed after ``timeout`` seconds
 STATUS_NO_RESULT = 125  # the guest never reported a result (QEMU/boot problem)
-STATUS_MOUNT_FAILED = 126  # the 9P mount failed in the guest; output = error + dmesg tail
+STATUS_MOUNT_FAILED = 126  # the mount failed in the guest; output = error + dmesg tail
 
 GUEST_IP = "10.0.2.15"
 GATEWAY = "10.0.2.2"  # QEMU user networking maps this to the host's 127.0.0.1
 FD_PORT_NAME = "p9share.9p"
 VIRTIO_TAG = "p9share"  # mount tag of QEMU's built-in virtio-9p device
 VIRTIO_SECURITY_MODELS = ("mapped-xattr", "mapped-file", "passthrough", "none")
+VIRTIOFS_TAG = "p9share"  # default mount tag of the vhost-user-fs device
+VIRTIOFS_TAG_MAX = 36  # bytes in the device's config space (VIRTIO 1.2, 5.11.4)
 KEEP_RUN_DIRS = 20
 
 ExtraFile = bytes | str | os.PathLike[str]
@@ -102,8 +105,16 @@ def _shq(s: str) -> str:
 
 
 def _mount_options(
-    transport: Transport, port: int | None, version: str, aname: str, mount_opts: str
+    transport: Transport,
+    port: int | None,
+    version: str,
+    aname: str,
+    mount_opts: str,
+    tag: str = VIRTIOFS_TAG,
 ) -> tuple[str, str]:
+    if transport == "virtiofs":
+        # the 6.1 virtiofs client rejects 9P options; only the caller's are passed
+        return tag, mount_opts.strip(",")
     if transport == "tcp":
         src, opts = GATEWAY, f"trans=tcp,port={port}"
     elif transport == "fd":
@@ -118,6 +129,13 @@ def _mount_options(
     if mount_opts:
         opts += "," + mount_opts.strip(",")
     return src, opts
+
+
+def _valid_tag(tag: str) -> bool:
+    return (
+        0 < len(tag.encode()) <= VIRTIOFS_TAG_MAX
+        and re.fullmatch(r"[A-Za-z0-9._-]+", tag) is not None
+    )
 
 
 def _overlay(
@@ -200,6 +218,7 @@ def run_guest(
     socket_path: str | os.PathLike[str] | None = None,
     virtio_dir: str | os.PathLike[str] | None = None,
     virtio_security: str = "mapped-xattr",
+    virtiofs_tag: str = VIRTIOFS_TAG,
     aname: str = "",
     version: str = "9p2000.L",
     mount_opts: str = "",
@@ -212,7 +231,7 @@ def run_guest(
     debug: bool = False,
     assets: Assets | None = None,
 ) -> GuestResult:
-    """Boot the guest, mount the 9P server at /mnt, run ``script`` there, power off.
+    """Boot the guest, mount the share at /mnt, run ``script`` there, power off.
 
     ``script`` is busybox ``sh`` source, run with cwd = /mnt (an empty directory for
     transport "none"), ``"$@"`` = ``args``, stdin = /dev/null, stderr merged into
@@ -227,12 +246,21 @@ def run_guest(
       directory ``virtio_dir`` (``-fsdev local,security_model=virtio_security``:
       mapped-xattr, mapped-file, passthrough or none) and the guest mounts the tag
       ``p9share`` with ``trans=virtio``.
+    * ``"virtiofs"``: a vhost-user-fs back end (virtiofsd, or p9share with
+      ``--listen vhost-user:SOCK``) listens on the host Unix socket ``socket_path``;
+      QEMU connects to it as the device ``vhost-user-fs-pci`` with the tag
+      ``virtiofs_tag``, guest RAM is a shared memfd the back end maps, and the guest
+      loads fuse + virtiofs and mounts ``mount -t virtiofs TAG /mnt``. The socket is
+      never probed by connecting (virtiofsd serves exactly one connection). The
+      cache mode is the back end's choice; ``mount_opts`` are the client's only
+      (the 6.1 client knows ``dax`` and the generic ones).
     * ``"none"``: no mount.
 
     ``mount_opts`` is appended last, so it overrides the defaults. ``extra_files``
     maps absolute guest paths to file contents (bytes; mode 0755 if they start with
     ``#!`` or are ELF, else 0644) or host file paths (str or PathLike; mode kept).
-    The static helpers ``p9xattr``, ``p9lock`` and ``p9posix`` are always in /bin. ``timeout``
+    The static helpers ``p9xattr``, ``p9lock``, ``p9posix`` and ``p9now`` (a microsecond
+    clock) are always in /bin. ``timeout``
     covers the whole run, boot included; then QEMU is killed (status 124). The run
     directory (console.log, qemu.cmd, qemu.log, initrd) is removed afterwards unless
     the status is non-zero or ``keep`` is set; the newest 20 kept ones survive.
@@ -241,19 +269,27 @@ def run_guest(
     codes. Raises :class:`VMLabError` when the host cannot run a guest at all, and
     ValueError for bad arguments.
     """
-    if transport not in ("tcp", "fd", "virtio", "none"):
-        raise ValueError(f"transport must be tcp, fd, virtio or none, not {transport!r}")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be tcp, fd, virtio, virtiofs or none, not {transport!r}")
     if transport == "tcp" and not (isinstance(port, int) and 0 < port < 65536):
         raise ValueError("transport 'tcp' needs port=N (the server's port on 127.0.0.1)")
     sock: Path | None = None
-    if transport == "fd":
+    if transport in ("fd", "virtiofs"):
+        server = "9P server" if transport == "fd" else "vhost-user-fs back end"
         if socket_path is None:
-            raise ValueError("transport 'fd' needs socket_path= (the server's Unix socket)")
+            raise ValueError(
+                f"transport {transport!r} needs socket_path= (the {server}'s Unix socket)"
+            )
         sock = Path(socket_path).resolve()
         if not sock.is_socket():
-            raise VMLabError(f"{sock} is not a Unix socket (is the 9P server listening there?)")
+            raise VMLabError(f"{sock} is not a Unix socket (is the {server} listening there?)")
         if "," in str(sock):
             raise ValueError("socket_path must not contain ',' (QEMU option syntax)")
+    if transport == "virtiofs" and not _valid_tag(virtiofs_tag):
+        raise ValueError(
+            f"virtiofs_tag must be 1-{VIRTIOFS_TAG_MAX} bytes of letters, digits, '.', '_' "
+            f"or '-', not {virtiofs_tag!r}"
+        )
     share: Path | None = None
     if transport == "virtio":
         if virtio_dir is None:
@@ -272,10 +308,13 @@ def run_guest(
         assets = setup()
 
     token = secrets.token_hex(6)
-    src, opts = _mount_options(transport, port, version, aname, mount_opts)
+    src, opts = _mount_options(transport, port, version, aname, mount_opts, virtiofs_tag)
     config = {
         "P9_TOKEN": token,
         "P9_TRANSPORT": transport,
+        "P9_FSTYPE": "virtiofs" if transport == "virtiofs" else "9p",
+        # 9P guests boot as before: fuse and virtiofs stay in the image, unloaded
+        "P9_SKIP_MODULES": "" if transport == "virtiofs" else " ".join(VIRTIOFS_MODULES),
         "P9_MNT": "/mnt",
         "P9_MOUNT_SRC": src,
         "P9_MOUNT_OPTS": opts,
@@ -307,7 +346,17 @@ def run_guest(
     )
     if transport == "tcp":
         cmd += ["-netdev", "user,id=n0,ipv6=off", "-device", "virtio-net-pci,netdev=n0,romfile="]
-    if sock is not None:
+    if transport == "virtiofs":
+        assert sock is not None
+        # vhost-user: the back end maps guest RAM, so it must be a shared memfd of
+        # exactly -m; QEMU is the socket's client and blocks until the back end answers
+        cmd += [
+            "-object", f"memory-backend-memfd,id=mem,size={memory_mb}M,share=on",
+            "-numa", "node,memdev=mem",
+            "-chardev", f"socket,id=vfs,path={sock}",
+            "-device", f"vhost-user-fs-pci,chardev=vfs,tag={virtiofs_tag}",
+        ]  # fmt: skip
+    elif sock is not None:
         cmd += [
             "-chardev", f"socket,id=c9p,path={sock}",
             "-device", "virtio-serial-pci,id=vser0",
@@ -420,7 +469,7 @@ def _parse_console(
     if mf:
         return GuestResult(
             STATUS_MOUNT_FAILED, mf.group(2).replace("\r\n", "\n"), console, None, "",
-            error=f"the 9P mount failed in the guest ({mf.group(1).strip()})",
+            error=f"the mount failed in the guest ({mf.group(1).strip()})",
         )  # fmt: skip
     if timed_out:
         return GuestResult(

@@ -1,8 +1,9 @@
 #!/bin/sh
 # /init of the p9share.vmlab guest (PID 1, busybox ash).
-# Reads /p9vmlab/config (appended per run by the host), loads the 9p/virtio modules,
-# configures the network for trans=tcp, mounts the 9P share, runs /p9vmlab/script in
-# the mount and reports everything on the serial console between per-run markers.
+# Reads /p9vmlab/config (appended per run by the host), loads the 9p/virtio modules
+# (fuse and virtiofs only for a virtio-fs guest), configures the network for trans=tcp,
+# mounts the share (9P or virtio-fs), runs /p9vmlab/script in the mount and reports
+# everything on the serial console between per-run markers.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 HOME=/root
 export PATH HOME
@@ -24,7 +25,7 @@ mark() { echo "P9VMLAB-$P9_TOKEN-$*"; }
 finish() {
   cd /
   sync
-  if grep -q " $P9_MNT 9p " /proc/mounts; then
+  if grep -q " $P9_MNT ${P9_FSTYPE:-9p} " /proc/mounts; then
     timeout 30 umount "$P9_MNT" 2>/dev/null || umount -l "$P9_MNT" 2>/dev/null
   fi
   mark "POWEROFF rc=$1 uptime=$(p9_now)"
@@ -37,6 +38,8 @@ hostname p9vmlab
 [ "$P9_PROBE" = 1 ] && { mark "PROBE-OK"; finish 0; }
 
 while read -r ko; do
+  m=${ko##*/}; m=${m%%.ko*}
+  case " $P9_SKIP_MODULES " in *" $m "*) continue ;; esac
   insmod "/lib/modules/$(uname -r)/$ko" 2>/tmp/insmod.err \
     || { [ "$P9_DEBUG" = 1 ] && cat /tmp/insmod.err; }
 done < /p9vmlab/modules.load
@@ -67,7 +70,7 @@ if [ "$P9_TRANSPORT" != none ]; then
     sleep 1
   done
 fi
-mark "READY uptime=$(p9_now) mount=$(grep " $P9_MNT 9p " /proc/mounts)"
+mark "READY uptime=$(p9_now) mount=$(grep " $P9_MNT $P9_FSTYPE " /proc/mounts)"
 echo "=====P9VMLAB-$P9_TOKEN-BEGIN====="
 ( cd "$P9_MNT" 2>/dev/null || cd /; exec sh /p9vmlab/run </dev/null 2>&1 )
 rc=$?

@@ -1,13 +1,14 @@
 # /p9vmlab/lib.sh - helpers for guest scripts (busybox ash), pre-loaded before the script.
 #
 #   p9_now                 guest uptime in seconds (10 ms resolution)
-#   p9_mount [opts]        mount the share on $P9_MNT (extra mount options appended)
+#   p9_mount [opts]        mount the share on $P9_MNT (9p or virtiofs; extra options appended)
 #   p9_umount              unmount it (and stop the trans=fd relay)
 #   p9_remount [opts]      both, then cd into the mount again
 #   p9_drop_caches         sync + drop the guest page/dentry caches
 #
-# Variables: P9_MNT, P9_TRANSPORT, P9_MOUNT_SRC, P9_MOUNT_OPTS (the full option string),
-# P9_VERSION, P9_ANAME, P9_PORT.
+# Variables: P9_MNT, P9_TRANSPORT, P9_FSTYPE (9p or virtiofs), P9_MOUNT_SRC (server
+# address or mount tag), P9_MOUNT_OPTS (the full option string; may be empty for
+# virtiofs), P9_VERSION, P9_ANAME, P9_PORT. /bin/p9now prints a microsecond clock.
 
 p9_now() { local up rest; read -r up rest </proc/uptime; echo "$up"; }
 p9_drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
@@ -42,7 +43,7 @@ p9_relay_stop() {
 
 p9_mount() {
   local opts="$P9_MOUNT_OPTS" dev
-  [ -n "$1" ] && opts="$opts,$1"
+  [ -n "$1" ] && opts="${opts:+$opts,}$1"
   mkdir -p "$P9_MNT"
   case "$P9_TRANSPORT" in
     fd)
@@ -63,6 +64,10 @@ p9_mount() {
         dd bs=64k </run/p9.tx >&5 2>/dev/null & echo $! >> /run/p9relay.pids ) || return 1
       mount -t 9p -o "$opts" "$P9_MOUNT_SRC" "$P9_MNT" 3</run/p9.rx 4>/run/p9.tx \
         || { p9_relay_stop; return 1; } ;;
+    virtiofs)
+      # the 6.1 virtiofs client knows only dax and the generic options: no 9P ones
+      if [ -n "$opts" ]; then mount -t virtiofs -o "$opts" "$P9_MOUNT_SRC" "$P9_MNT"
+      else mount -t virtiofs "$P9_MOUNT_SRC" "$P9_MNT"; fi ;;
     none) echo "p9_mount: transport none" >&2; return 1 ;;
     *) mount -t 9p -o "$opts" "$P9_MOUNT_SRC" "$P9_MNT" ;;
   esac
