@@ -32,7 +32,6 @@ from p9share.protocol.connection import Request
 from p9share.protocol.messages import Tversion
 from p9share.server.server import Server
 
-
 METRICS = [False]  # --metrics: count every request as `serve --metrics` does
 
 
