@@ -13,6 +13,7 @@ the export is read-only.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import os
@@ -67,8 +68,7 @@ class Rights:
     xattr_namespaces: frozenset[str] = frozenset({"user"})
 
     def with_readonly(self, readonly: bool) -> Rights:
-        return Rights(readonly, self.devices, self.fifos, self.sockets, self.setid,
-                      self.symlinks, self.hardlinks, self.xattr_namespaces)  # fmt: skip
+        return dataclasses.replace(self, readonly=readonly)
 
 
 # The open (command-line) policy keeps what the foundation served: FIFOs and

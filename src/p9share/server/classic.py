@@ -1,9 +1,10 @@
 """The Plan 9 style requests of 9P2000.u and 9P2000 (docs/protocol.md §6).
 
 Session inherits these handlers; its dispatch table maps Topen, Tcreate,
-Tstat and Twstat to them, and its Tread hands directories here. The fid
-rules, policy checks and quota accounting they use are Session's, shared
-with the 9P2000.L handlers.
+Tstat and Twstat to them, and its Tread hands directories here. They keep
+the fid rules and encodings of these dialects and translate onto the same
+operations (p9share.operations) as the 9P2000.L handlers: every policy
+check, quota charge and set-id rule is made there.
 """
 
 from __future__ import annotations
@@ -11,20 +12,15 @@ from __future__ import annotations
 import errno
 import os
 import stat as stat_mod
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
-from ..backend.base import Node, OpenFile, SetAttr
-from ..policy import Policy
-from ..policy.idmap import Owner
+from ..backend.base import Node
+from ..operations import Operations
 from ..protocol import constants as c
 from ..protocol import messages as m
 from ..protocol.connection import ServerConnection
 from .fids import Fid
 from .openflags import classic_to_host, wants_write
-from .paths import walked as _walked
-
-_T = TypeVar("_T")
 
 
 class ClassicHandlers:
@@ -32,7 +28,7 @@ class ClassicHandlers:
     provides the attributes and methods declared here)."""
 
     proto: ServerConnection
-    policy: Policy
+    ops: Operations
 
     if TYPE_CHECKING:
 
@@ -41,17 +37,13 @@ class ClassicHandlers:
         def _iounit(self) -> int: ...
         @staticmethod
         def _need_node(f: Fid) -> None: ...
+        def _need_dir(self, f: Fid) -> None: ...
         @staticmethod
         def _need_unopened(f: Fid) -> None: ...
-        @staticmethod
-        def _owner(f: Fid, gid: int) -> Owner: ...
-        def _check_create(self, f: Fid, name: str) -> None: ...
-        def _new_file(self, d: Fid, make: Callable[[], _T]) -> _T: ...
         def _hard_link(self, d: Fid, target: int, name: str) -> None: ...
         def _claim(self, num: int) -> Fid: ...
         def _unclaim(self, f: Fid) -> None: ...
-        def _apply(self, f: Fid, changes: SetAttr) -> None: ...
-        def _open(self, f: Fid, flags: int) -> OpenFile: ...
+        def _become(self, f: Fid, node: Node, name: str) -> None: ...
 
     # ------------------------------------------------- 9P2000.u and 9P2000 --
     # Plan 9 style requests (docs/protocol.md §6). Each makes the same policy
@@ -66,17 +58,7 @@ class ClassicHandlers:
         try:
             self._need_node(f)
             self._need_unopened(f)
-            flags = classic_to_host(msg.mode)
-            if f.node.qid.type & c.QidType.SYMLINK:
-                raise OSError(errno.ELOOP, "symbolic links are never opened")
-            if f.is_dir:
-                if wants_write(flags):
-                    raise OSError(errno.EISDIR, "directories open read-only")
-                flags |= os.O_DIRECTORY
-            if wants_write(flags) or msg.mode & c.ORCLOSE:
-                self.policy.check_write(f.rights)
-            f.file = self._open(f, flags)
-            f.open_flags = flags
+            self.ops.open(f, classic_to_host(msg.mode), removes=bool(msg.mode & c.ORCLOSE))
             f.remove_on_clunk = bool(msg.mode & c.ORCLOSE)
             f.dir_pending, f.dir_offset, f.dir_cookie = b"", 0, 0
             return m.Ropen(f.node.qid, self._iounit())
@@ -86,46 +68,39 @@ class ClassicHandlers:
     def create(self, msg: m.Tcreate) -> m.Message:
         f = self._claim(msg.fid)
         try:
-            self._check_create(f, msg.name)
+            self._need_dir(f)
+            self._need_unopened(f)
             perm = msg.perm
             special = perm & (c.DMSYMLINK | c.DMLINK | c.DMDEVICE | c.DMNAMEDPIPE | c.DMSOCKET)
             if perm & (c.DMAUTH | c.DMMOUNT) or (special and not self._dotu):
                 raise OSError(errno.EINVAL, f"cannot create a file with perm {perm:#x}")
-            mode_bits = self.policy.new_mode(f.rights, (perm & 0o777) | _dotu_setid(perm))
-            owner = self._owner(f, c.NONUNAME)
+            mode = (perm & 0o777) | _dotu_setid(perm)
+            flags = classic_to_host(msg.mode)
             if perm & c.DMDIR:
-                flags = classic_to_host(msg.mode)
                 if wants_write(flags):
                     raise OSError(errno.EISDIR, "directories open read-only")
-                self._new_file(f, lambda: f.backend.mkdir(f.node, msg.name, mode_bits, owner))
-                self._become_child(f, msg.name)
-                f.file = f.backend.open(f.node, os.O_RDONLY | os.O_DIRECTORY)
-                f.open_flags = os.O_RDONLY | os.O_DIRECTORY
+                self.ops.mkdir(f, msg.name, mode)
+                self._become(f, f.backend.walk(f.node, msg.name), msg.name)
+                self.ops.open(f, os.O_RDONLY)
             elif special:
-                self._create_special(f, msg, mode_bits, owner)
+                self._create_special(f, msg, mode)
             else:
-                flags = classic_to_host(msg.mode) | os.O_CREAT | os.O_EXCL
-                node, file = self._new_file(f, lambda: f.backend.create(
-                    f.node, msg.name, flags, mode_bits, owner))  # fmt: skip
-                old = f.node
-                f.node, f.file, f.open_flags, f.is_dir = node, file, flags, False
-                f.path, f.setid_checked = _walked(f.path, [msg.name]), True
-                f.backend.release(old)
+                flags |= os.O_CREAT | os.O_EXCL
+                node, file, _ = self.ops.create(f, msg.name, flags, mode)
+                self._become(f, node, msg.name)
+                f.file, f.open_flags, f.setid_checked = file, flags, True
             f.remove_on_clunk = bool(msg.mode & c.ORCLOSE) and f.file is not None
             f.dir_pending, f.dir_offset, f.dir_cookie = b"", 0, 0
             return m.Rcreate(f.node.qid, self._iounit())
         finally:
             self._unclaim(f)
 
-    def _create_special(self, f: Fid, msg: m.Tcreate, mode_bits: int, owner: Owner) -> None:
+    def _create_special(self, f: Fid, msg: m.Tcreate, mode: int) -> None:
         """9P2000.u Tcreate of a symlink, hard link, device, FIFO or socket:
         fid then refers to the new file, not open (none of them can be)."""
         perm = msg.perm
         if perm & c.DMSYMLINK:
-            self.policy.check_symlink(f.rights)
-            if not msg.extension:
-                raise OSError(errno.ENOENT, "empty symlink target")
-            self._new_file(f, lambda: f.backend.symlink(f.node, msg.name, msg.extension, owner))
+            self.ops.symlink(f, msg.name, msg.extension)
         elif perm & c.DMLINK:
             try:
                 target_num = int(msg.extension, 10)
@@ -133,22 +108,13 @@ class ClassicHandlers:
                 raise OSError(errno.EINVAL, f"bad link target fid {msg.extension!r}") from None
             self._hard_link(f, target_num, msg.name)
         else:
-            kind, rdev = stat_mod.S_IFIFO, 0
+            kind, major, minor = stat_mod.S_IFIFO, 0, 0
             if perm & c.DMSOCKET:
                 kind = stat_mod.S_IFSOCK
             elif perm & c.DMDEVICE:
-                kind, rdev = _parse_device(msg.extension)
-            self.policy.check_mknod(f.rights, kind)
-            self._new_file(f, lambda: f.backend.mknod(f.node, msg.name, kind | mode_bits, rdev,
-                                                      owner))  # fmt: skip
-        self._become_child(f, msg.name)
-
-    def _become_child(self, f: Fid, name: str) -> None:
-        node = f.backend.walk(f.node, name)
-        old = f.node
-        f.node, f.is_dir = node, bool(node.qid.type & c.QidType.DIR)
-        f.path = _walked(f.path, [name])
-        f.backend.release(old)
+                kind, major, minor = _parse_device(msg.extension)
+            self.ops.mknod(f, msg.name, kind | mode, major, minor)
+        self._become(f, f.backend.walk(f.node, msg.name), msg.name)
 
     def stat(self, msg: m.Tstat) -> m.Message:
         f = self._fid(msg.fid)
@@ -161,7 +127,7 @@ class ClassicHandlers:
 
     def _stat_of(self, f: Fid, node: Node, name: str) -> m.Stat:
         a = f.backend.getattr(node)
-        uid, gid = f.export.idmap.guest_ids(a.uid, a.gid)
+        uid, gid = f.export.idmap.guest_ids(a.uid, a.gid)  # (node may be a child of f's)
         kind = stat_mod.S_IFMT(a.mode)
         mode = stat_mod.S_IMODE(a.mode) & 0o777
         ext = ""
@@ -201,44 +167,33 @@ class ClassicHandlers:
                 raise OSError(errno.EINVAL, "type, dev and qid cannot be changed")
             if st.extension:  # muid is ignored: Linux's .u client fills it in
                 raise OSError(errno.EINVAL, "the extension cannot be changed")
-            changes = SetAttr()
             name = st.name if st.name and st.name != (f.path.rsplit("/", 1)[-1] or "/") else ""
+            mode = size = atime = mtime = None
             if st.mode != 0xFFFFFFFF:
                 if bool(st.mode & c.DMDIR) != f.is_dir:
                     raise OSError(errno.EINVAL, "DMDIR cannot be changed")
                 if f.node.qid.type & c.QidType.SYMLINK:
                     raise OSError(errno.EOPNOTSUPP, "a symbolic link has no mode of its own")
-                perm = (st.mode & 0o777) | _dotu_setid(st.mode)
-                changes.mode = self.policy.new_mode(f.rights, perm)
+                mode = (st.mode & 0o777) | _dotu_setid(st.mode)
             if st.length != 0xFFFFFFFFFFFFFFFF:
-                if f.is_dir:
-                    raise OSError(errno.EISDIR, "a directory has no length to set")
-                if st.length >= 1 << 63:
-                    raise OSError(errno.EINVAL, "length out of range")
-                self.policy.check_size(f.export, st.length)
-                changes.size = st.length
+                size = st.length
             if st.atime != 0xFFFFFFFF:
-                changes.atime = st.atime * 1_000_000_000
+                atime = st.atime * 1_000_000_000
             if st.mtime != 0xFFFFFFFF:
-                changes.mtime = st.mtime * 1_000_000_000
+                mtime = st.mtime * 1_000_000_000
             uid = _wstat_id(st.n_uid if self._dotu else c.NONUNAME, st.uid)
             gid = _wstat_id(st.n_gid if self._dotu else c.NONUNAME, st.gid)
-            changes.uid, changes.gid = f.export.idmap.host_ids(uid, gid)
-            if name:
-                self.policy.check_new_name(name)
-            changed = name or changes != SetAttr()
-            if not changed:
+            if not name and (mode, size, atime, mtime, uid, gid) == (None,) * 6:
                 # Plan 9: a Twstat that changes nothing asks for a sync
                 if f.file is not None:
-                    f.backend.fsync(f.file, False)
+                    self.ops.fsync(f, False)
                 return m.Rwstat()
-            self.policy.check_write(f.rights)
-            if changes != SetAttr():
-                self._apply(f, changes)
             if name:
-                if not f.path.strip("/"):
-                    raise OSError(errno.EBUSY, "the export root cannot be renamed")
-                f.backend.rename_node(f.node, None, name)
+                self.ops.check_rename_node(f, name)  # before anything changes
+            self.ops.setattr(f, mode, uid, gid, size, atime, mtime)
+            if name:
+                self.ops.rename_node(f, None, name)
+                f.path = f.path.rsplit("/", 1)[0] + "/" + name
             return m.Rwstat()
         finally:
             self._done(f)
@@ -306,17 +261,18 @@ def _dm_setid(mode: int) -> int:
     return sum(dm for dm, host in _DOTU_MODE_BITS if mode & host)
 
 
-def _parse_device(ext: str) -> tuple[int, int]:
-    """'c MAJOR MINOR' or 'b MAJOR MINOR' of a 9P2000.u Tcreate with DMDEVICE."""
+def _parse_device(ext: str) -> tuple[int, int, int]:
+    """(file type, major, minor) of 'c MAJOR MINOR' or 'b MAJOR MINOR', a
+    9P2000.u Tcreate with DMDEVICE (their range is the operation's to check)."""
     parts = ext.split()
     if (
         len(parts) != 3
         or parts[0] not in ("b", "c")
-        or not all(p.isascii() and p.isdigit() and int(p) < 1 << 32 for p in parts[1:])
+        or not all(p.isascii() and p.isdigit() and len(p) <= 10 for p in parts[1:])
     ):
         raise OSError(errno.EINVAL, f"bad device description {ext!r}")
     kind = stat_mod.S_IFCHR if parts[0] == "c" else stat_mod.S_IFBLK
-    return kind, os.makedev(int(parts[1]), int(parts[2]))
+    return kind, int(parts[1]), int(parts[2])
 
 
 def _u32_seconds(ns: int) -> int:
