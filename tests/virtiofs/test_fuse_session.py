@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,11 +173,12 @@ def test_init_negotiates_only_what_is_honoured(root: Path) -> None:
     assert out.max_write == MAX_WRITE and out.max_pages == MAX_WRITE // 4096
     assert out.max_readahead == 131072 and out.time_gran == 1
     want = (f.ASYNC_READ | f.ATOMIC_O_TRUNC | f.BIG_WRITES | f.PARALLEL_DIROPS | f.MAX_PAGES
-            | f.ASYNC_DIO | f.DO_READDIRPLUS | f.READDIRPLUS_AUTO | f.AUTO_INVAL_DATA)  # fmt: skip
+            | f.ASYNC_DIO | f.POSIX_LOCKS | f.DO_READDIRPLUS | f.READDIRPLUS_AUTO | f.AUTO_INVAL_DATA)  # fmt: skip
     assert out.flags == want
     # never more than the kernel offered
     s2, g2, _ = make_session(root, cache="none")
-    assert g2.init(flags=f.ASYNC_READ | f.DO_READDIRPLUS | f.POSIX_LOCKS).flags == f.ASYNC_READ
+    offered = f.ASYNC_READ | f.DO_READDIRPLUS | f.FLOCK_LOCKS | f.HANDLE_KILLPRIV_V2
+    assert g2.init(flags=offered).flags == f.ASYNC_READ
     assert s2.proto == f.Proto(38)
 
 
@@ -584,15 +586,6 @@ def test_malformed_and_unknown(guest: Guest) -> None:
     notify = struct.pack("<IIQQIIIHH", 40, 41, 82, 1, 0, 0, 0, 0, 0)
     assert s.handle(notify) is None
     assert guest.raw(f.Interrupt, 0, target=5) is None
-    for cls, kw in (
-        (f.Getlk, {}), (f.Setlk, {}), (f.Setlkw, {}),
-    ):  # fmt: skip
-        assert (
-            guest.errno_of(
-                cls, 1, fh=0, owner=0, start=0, end=0, type=0, lk_pid=0, lk_flags=0, **kw
-            )
-            == errno.ENOSYS
-        )
     assert guest.errno_of(f.Fallocate, 1, fh=0, offset=0, length=1, mode=0) == errno.ENOSYS
     assert guest.errno_of(f.Lseek, 1, fh=0, offset=0, whence=3) == errno.ENOSYS
     assert guest.errno_of(f.Syncfs, 1) == errno.ENOSYS
@@ -641,3 +634,255 @@ def test_cache_modes_set_timeouts_and_open_flags(root: Path) -> None:
         assert f.parse_open_out(g.call(f.Open, e.nodeid, flags=0, open_flags=0))[1] == fopen
     with pytest.raises(ValueError):
         make_session(root, cache="sometimes")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_host_fd_outlives_its_references(root: Path) -> None:
+    # hostfs holds an O_PATH fd per inode and one per open file: every one
+    # comes back after FORGET/RELEASE, and after DESTROY whatever the guest left
+    _s, g, _ = make_session(root)
+    g.init()
+    base = open_fds()
+    e = g.lookup(1, "hello.txt")
+    sub = g.lookup(1, "sub")
+    inner = g.lookup(sub.nodeid, "inner")
+    fh = g.open(e.nodeid, O_RDONLY)
+    dfh = g.opendir(sub.nodeid)
+    g.readdir(sub.nodeid, dfh, plus=True)  # one more lookup of inner
+    assert open_fds() > base
+    g.release(e.nodeid, fh)
+    g.release(sub.nodeid, dfh, dir=True)
+    g.forget(e.nodeid)
+    g.forget(inner.nodeid, 2)
+    g.forget(sub.nodeid)
+    assert open_fds() == base
+    e = g.lookup(1, "hello.txt")
+    g.open(e.nodeid, O_RDONLY)
+    d = g.lookup(1, "sub")
+    g.opendir(d.nodeid)
+    g.create(d.nodeid, "made")
+    g.call(f.Destroy, 0)
+    assert open_fds() == base
+
+
+# ---------------------------------------------------------------- POSIX locks
+
+F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2
+OFFSET_MAX = (1 << 63) - 1
+
+
+def lk(
+    g: Guest,
+    cls: type[f.Request],
+    nodeid: int,
+    fh: int,
+    start: int,
+    end: int,
+    type: int,
+    owner: int = 1,
+    flags: int = 0,
+) -> bytes:
+    return g.call(
+        cls,
+        nodeid,
+        fh=fh,
+        owner=owner,
+        start=start,
+        end=end,
+        type=type,
+        lk_pid=4242,
+        lk_flags=flags,
+    )
+
+
+@pytest.fixture
+def two_guests(root: Path) -> Iterator[tuple[Guest, Guest, int]]:
+    """Two VMs on one export (two sessions, one backend each, as two sockets)."""
+    a, ga, _ = make_session(root)
+    b, gb, _ = make_session(root)
+    ga.init()
+    gb.init()
+    yield ga, gb, 0
+    a.close()
+    b.close()
+
+
+def test_locks_between_guests(two_guests: tuple[Guest, Guest, int]) -> None:
+    ga, gb, _ = two_guests
+    ea, eb = ga.lookup(1, "hello.txt"), gb.lookup(1, "hello.txt")
+    fa, fb = ga.open(ea.nodeid, O_RDWR), gb.open(eb.nodeid, O_RDWR)
+    lk(ga, f.Setlk, ea.nodeid, fa, 10, 19, F_WRLCK)
+    with pytest.raises(BlockingIOError):
+        lk(gb, f.Setlk, eb.nodeid, fb, 15, 15, F_RDLCK)
+    lk(gb, f.Setlk, eb.nodeid, fb, 20, OFFSET_MAX, F_WRLCK)  # beside it: granted
+    held = f.parse_lk_out(lk(gb, f.Getlk, eb.nodeid, fb, 0, OFFSET_MAX, F_WRLCK))
+    assert held.type == F_WRLCK and held.pid == 0  # no host or foreign pid reaches the guest
+    assert (held.start, held.end) in ((10, 19), (20, OFFSET_MAX))
+    free = f.parse_lk_out(lk(ga, f.Getlk, ea.nodeid, fa, 0, 5, F_WRLCK))
+    assert free == f.FileLock(0, 5, F_UNLCK, 0)
+    lk(ga, f.Setlk, ea.nodeid, fa, 0, OFFSET_MAX, F_UNLCK)
+    lk(gb, f.Setlk, eb.nodeid, fb, 15, 15, F_RDLCK)
+
+
+def test_lock_against_a_host_process(guest: Guest, root: Path) -> None:
+    import fcntl
+
+    e = guest.lookup(1, "hello.txt")
+    fh = guest.open(e.nodeid, O_RDWR)
+    with open(root / "hello.txt", "r+b") as host:
+        fcntl.lockf(host, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 3)  # bytes 3 on the host
+        with pytest.raises(BlockingIOError):
+            lk(guest, f.Setlk, e.nodeid, fh, 0, 10, F_WRLCK)
+        held = f.parse_lk_out(lk(guest, f.Getlk, e.nodeid, fh, 0, 10, F_WRLCK))
+        # the host holder's pid means nothing in the guest (Linux would answer EIO)
+        assert held == f.FileLock(3, 3, F_WRLCK, 0)
+        fcntl.lockf(host, fcntl.LOCK_UN, 1, 3)
+    lk(guest, f.Setlk, e.nodeid, fh, 0, 10, F_WRLCK)
+    with open(root / "hello.txt", "r+b") as host, pytest.raises(OSError):
+        fcntl.lockf(host, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 3)
+
+
+def test_lock_checks(guest: Guest) -> None:
+    e = guest.lookup(1, "hello.txt")
+    ro = guest.open(e.nodeid, O_RDONLY)
+    assert (
+        guest.errno_of(
+            f.Setlk, e.nodeid, fh=ro, owner=1, start=0, end=1, type=F_WRLCK, lk_pid=1, lk_flags=0
+        )
+        == errno.EBADF
+    )
+    assert (
+        guest.errno_of(
+            f.Setlk, e.nodeid, fh=ro, owner=1, start=5, end=4, type=F_RDLCK, lk_pid=1, lk_flags=0
+        )
+        == errno.EINVAL
+    )
+    assert (
+        guest.errno_of(
+            f.Setlk, e.nodeid, fh=ro, owner=1, start=0, end=1, type=7, lk_pid=1, lk_flags=0
+        )
+        == errno.EINVAL
+    )
+    assert (
+        guest.errno_of(
+            f.Setlk,
+            e.nodeid,
+            fh=ro,
+            owner=1,
+            start=0,
+            end=1,
+            type=F_RDLCK,
+            lk_pid=1,
+            lk_flags=f.LK_FLOCK,
+        )
+        == errno.ENOSYS
+    )
+    assert (
+        guest.errno_of(
+            f.Getlk, e.nodeid, fh=999, owner=1, start=0, end=1, type=F_RDLCK, lk_pid=1, lk_flags=0
+        )
+        == errno.EBADF
+    )
+
+
+def test_flush_gives_back_posix_locks(two_guests: tuple[Guest, Guest, int]) -> None:
+    ga, gb, _ = two_guests
+    ea, eb = ga.lookup(1, "hello.txt"), gb.lookup(1, "hello.txt")
+    fa, fb = ga.open(ea.nodeid, O_RDWR), gb.open(eb.nodeid, O_RDWR)
+    lk(ga, f.Setlk, ea.nodeid, fa, 0, OFFSET_MAX, F_WRLCK)
+    with pytest.raises(BlockingIOError):
+        lk(gb, f.Setlk, eb.nodeid, fb, 0, 0, F_WRLCK)
+    ga.call(f.Flush, ea.nodeid, fh=fa, lock_owner=1)  # close(2) in guest A
+    lk(gb, f.Setlk, eb.nodeid, fb, 0, 0, F_WRLCK)
+
+
+def submit(
+    g: Guest, cls: type[f.Request], nodeid: int, **kw: Any
+) -> tuple[int, list[bytes | None], threading.Event]:
+    g.unique += 2
+    got: list[bytes | None] = []
+    ev = threading.Event()
+
+    def done(reply: bytes | None) -> None:
+        got.append(reply)
+        ev.set()
+
+    req = cls(g.unique, nodeid, GUEST_UID, GUEST_GID, 4242, **kw)  # type: ignore[call-arg]
+    g.s.submit(f.encode_request(req), done)
+    return g.unique, got, ev
+
+
+def test_setlkw_waits_without_holding_up_the_queue(two_guests: tuple[Guest, Guest, int]) -> None:
+    ga, gb, _ = two_guests
+    ea, eb = ga.lookup(1, "hello.txt"), gb.lookup(1, "hello.txt")
+    fa, fb = ga.open(ea.nodeid, O_RDWR), gb.open(eb.nodeid, O_RDWR)
+    lk(ga, f.Setlk, ea.nodeid, fa, 0, OFFSET_MAX, F_WRLCK)
+    unique, got, ev = submit(
+        gb,
+        f.Setlkw,
+        eb.nodeid,
+        fh=fb,
+        owner=2,
+        start=0,
+        end=OFFSET_MAX,
+        type=F_WRLCK,
+        lk_pid=1,
+        lk_flags=0,
+    )
+    assert not ev.wait(0.1) and got == []  # waiting, and submit() returned
+    # the same session answers other requests meanwhile, at once
+    _, got2, ev2 = submit(gb, f.Getattr, eb.nodeid, getattr_flags=0, fh=0)
+    assert ev2.is_set() and f.decode_reply(got2[0] or b"").error == 0
+    lk(ga, f.Setlk, ea.nodeid, fa, 0, OFFSET_MAX, F_UNLCK)
+    assert ev.wait(5)
+    r = f.decode_reply(got[0] or b"")
+    assert (r.unique, r.error) == (unique, 0)
+    with pytest.raises(BlockingIOError):  # B holds it now
+        lk(ga, f.Setlk, ea.nodeid, fa, 0, 0, F_WRLCK)
+
+
+def test_setlkw_through_handle_blocks_its_caller(two_guests: tuple[Guest, Guest, int]) -> None:
+    ga, gb, _ = two_guests
+    ea, eb = ga.lookup(1, "hello.txt"), gb.lookup(1, "hello.txt")
+    fa, fb = ga.open(ea.nodeid, O_RDWR), gb.open(eb.nodeid, O_RDWR)
+    lk(ga, f.Setlk, ea.nodeid, fa, 0, 0, F_WRLCK)
+    out: list[bytes] = []
+    t = threading.Thread(target=lambda: out.append(lk(gb, f.Setlkw, eb.nodeid, fb, 0, 0, F_WRLCK)))
+    t.start()
+    t.join(0.1)
+    assert t.is_alive()
+    ga.release(ea.nodeid, fa)  # closing the holder's file drops its locks
+    t.join(5)
+    assert out == [b""]
+
+
+def test_lock_waits_are_bounded_and_end_with_the_session(
+    two_guests: tuple[Guest, Guest, int],
+) -> None:
+    ga, gb, _ = two_guests
+    gb.s.max_lock_waiters = 1
+    ea, eb = ga.lookup(1, "hello.txt"), gb.lookup(1, "hello.txt")
+    fa, fb = ga.open(ea.nodeid, O_RDWR), gb.open(eb.nodeid, O_RDWR)
+    fb2 = gb.open(eb.nodeid, O_RDWR)
+    lk(ga, f.Setlk, ea.nodeid, fa, 0, 0, F_WRLCK)
+    _, got, ev = submit(
+        gb, f.Setlkw, eb.nodeid, fh=fb, owner=2, start=0, end=0, type=F_WRLCK, lk_pid=1, lk_flags=0
+    )
+    _, got2, ev2 = submit(
+        gb, f.Setlkw, eb.nodeid, fh=fb2, owner=3, start=0, end=0, type=F_WRLCK, lk_pid=1, lk_flags=0
+    )
+    assert ev2.is_set() and f.decode_reply(got2[0] or b"").error == errno.ENOLCK
+    assert not ev.is_set()
+    # a RELEASE of the waiting handle ends the wait
+    gb.release(eb.nodeid, fb)
+    assert ev.wait(5) and f.decode_reply(got[0] or b"").error == errno.EBADF
+    # DESTROY answers every wait
+    _, got3, ev3 = submit(
+        gb, f.Setlkw, eb.nodeid, fh=fb2, owner=3, start=0, end=0, type=F_WRLCK, lk_pid=1, lk_flags=0
+    )
+    assert not ev3.is_set()
+    gb.call(f.Destroy, 0)
+    assert ev3.wait(5) and f.decode_reply(got3[0] or b"").error == errno.EINTR

@@ -24,16 +24,18 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..audit import NULL_AUDIT, AuditLog
-from ..backend.base import NOW, Attr, Backend, Node, OpenFile, TimeSpec
+from ..backend.base import NOW, Attr, Backend, LockRequest, Node, OpenFile, TimeSpec
 from ..operations import Handle, Operations
 from ..policy import Policy, PolicyError
 from ..policy.peer import Peer
 from ..policy.quota import QuotaLedger
+from ..protocol import constants as c
 from ..server.openflags import dotl_to_host
 from . import fuse
 from .fuse import Request
@@ -52,16 +54,17 @@ _FMODE_NONOTIFY = 0x4000000
 _KERNEL_OPEN_BITS = _FMODE_EXEC | _FMODE_NONOTIFY | os.O_CREAT | os.O_EXCL | os.O_NOCTTY
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _NS = 1_000_000_000
+_OFFSET_MAX = (1 << 63) - 1  # a lock's end meaning "to the end of the file"
 _U64 = (1 << 64) - 1
 
 # What p9share honours of INIT's flags. Left out on purpose:
-# POSIX_LOCKS/FLOCK_LOCKS (a blocking SETLKW needs an asynchronous reply this
-# sans-IO session cannot give yet; the guest then keeps its locks local),
-# HANDLE_KILLPRIV(_V2) (the guest kernel clears set-id bits itself with a
-# SETATTR of the mode, which the operations layer applies; its own rules
-# differ from v2's for a root writer), SETXATTR_EXT and POSIX_ACL (no ACL
-# semantics), WRITEBACK_CACHE, DONT_MASK (the guest applies its umask),
-# EXPORT_SUPPORT ('.' and '..' lookups), SECURITY_CTX, CREATE_SUPP_GROUP, DAX.
+# FLOCK_LOCKS (the guest keeps flock() locks itself; host OFD locks would make
+# them conflict with its fcntl locks), HANDLE_KILLPRIV(_V2) (the guest kernel
+# clears set-id bits itself with a SETATTR of the mode, which the operations
+# layer applies; its own rules differ from v2's for a root writer),
+# SETXATTR_EXT and POSIX_ACL (no ACL semantics), WRITEBACK_CACHE, DONT_MASK
+# (the guest applies its umask), EXPORT_SUPPORT ('.' and '..' lookups),
+# SECURITY_CTX, CREATE_SUPP_GROUP, DAX.
 _INIT_ALWAYS = (
     fuse.ASYNC_READ
     | fuse.ATOMIC_O_TRUNC
@@ -69,6 +72,7 @@ _INIT_ALWAYS = (
     | fuse.PARALLEL_DIROPS
     | fuse.MAX_PAGES
     | fuse.ASYNC_DIO
+    | fuse.POSIX_LOCKS
 )
 _INIT_CACHED = fuse.DO_READDIRPLUS | fuse.READDIRPLUS_AUTO | fuse.AUTO_INVAL_DATA
 _INIT_ALWAYS_CACHE = fuse.CACHE_SYMLINKS
@@ -95,6 +99,30 @@ class _Open:
     setid_checked: bool = False
     pins: int = 0
     released: bool = False
+    locked: bool = False  # took a POSIX lock (FLUSH gives them back)
+
+
+class _Waiter:
+    """A SETLKW that could not be granted at once, retried by the session's
+    lock waiter until it is (or the handle or session goes away)."""
+
+    __slots__ = ("done", "event", "lock", "of", "reply", "target", "unique")
+
+    def __init__(self, unique: int, target: Handle, of: _Open, lock: LockRequest,
+                 done: Callable[[bytes | None], None] | None) -> None:  # fmt: skip
+        self.unique = unique
+        self.target = target
+        self.of = of
+        self.lock = lock
+        self.done = done
+        self.event = threading.Event()
+        self.reply: bytes | None = None
+
+    def finish(self, reply: bytes) -> None:
+        self.reply = reply
+        if self.done is not None:
+            self.done(reply)
+        self.event.set()
 
 
 @dataclass(slots=True)
@@ -121,6 +149,8 @@ class FuseSession:
         cache: str = "auto",
         max_inodes: int = 1 << 16,
         max_handles: int = 1 << 12,
+        max_lock_waiters: int = 64,
+        lock_poll: float = 0.01,
     ) -> None:
         """Raises PolicyError when the socket's client may not use export_name."""
         if cache not in CACHE_MODES:
@@ -139,6 +169,10 @@ class FuseSession:
         self._timeout = _TIMEOUT[cache]
         self.max_inodes = max_inodes
         self.max_handles = max_handles
+        self.max_lock_waiters = max_lock_waiters
+        self.lock_poll = lock_poll  # seconds between retries of a waiting SETLKW
+        self._waiters: list[_Waiter] = []
+        self._waiter_thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._inodes: dict[int, _Inode] = {}
         self._by_key: dict[int, int] = {}
@@ -179,6 +213,9 @@ class FuseSession:
             fuse.Readdir: self._readdir,
             fuse.Readdirplus: self._readdir,
             fuse.Destroy: self._destroy,
+            fuse.Getlk: self._getlk,
+            fuse.Setlk: self._setlk,
+            fuse.Setlkw: self._setlk,
         }
         self._add_root(self.backend.root())
 
@@ -190,7 +227,30 @@ class FuseSession:
     # ------------------------------------------------------------ dispatch --
     def handle(self, data: bytes | bytearray | memoryview) -> bytes | None:
         """The reply to one request, or None when FUSE expects none (FORGET,
-        BATCH_FORGET, INTERRUPT, or bytes with no readable header). Never raises."""
+        BATCH_FORGET, INTERRUPT, or bytes with no readable header). Never
+        raises. A SETLKW that must wait blocks the caller until the lock is
+        granted: a device edge that runs requests inline uses submit()."""
+        r = self._dispatch(data, None)
+        if isinstance(r, _Waiter):
+            r.event.wait()
+            return r.reply
+        return r
+
+    def submit(
+        self, data: bytes | bytearray | memoryview, done: Callable[[bytes | None], None]
+    ) -> None:
+        """handle() for an edge that can answer later: done(reply) is called
+        once, at once for every request but a SETLKW that must wait, which is
+        answered from the session's lock-waiter thread when granted."""
+        r = self._dispatch(data, done)
+        if not isinstance(r, _Waiter):
+            done(r)
+
+    def _dispatch(
+        self,
+        data: bytes | bytearray | memoryview,
+        done: Callable[[bytes | None], None] | None,
+    ) -> bytes | _Waiter | None:
         try:
             req = fuse.decode_request(data, self.proto or fuse.PROTO_LATEST)
         except fuse.FuseDecodeError as e:
@@ -218,6 +278,9 @@ class FuseSession:
             return fuse.reply_error(req.unique, errno.ENOSYS)
         used = _Used()
         try:
+            if kind is fuse.Setlkw:
+                assert isinstance(req, fuse.Setlkw)
+                return self._setlkw(req, used, done)
             return handler(req, used)
         except PolicyError as e:
             op = fuse.opcode_name(req.OPCODE).lower()
@@ -268,6 +331,8 @@ class FuseSession:
                 of.pins -= 1
                 if of.released and of.pins == 0:
                     close.append(of.file)
+                    of.inode.pins -= 1  # the handle's own pin
+                    self._collect(of.inode, drop)
             for ino in used.inodes:
                 ino.pins -= 1
                 self._collect(ino, drop)
@@ -352,9 +417,12 @@ class FuseSession:
         with self._lock:
             opens = list(self._opens.values())
             self._opens.clear()
+            idle = []  # the others close when the requests using them end
             for of in opens:
                 of.released = True
-                of.inode.pins -= 1
+                if of.pins == 0:
+                    idle.append(of)
+                    of.inode.pins -= 1
             inodes = list(self._inodes.values())
             self._inodes.clear()
             self._by_key.clear()
@@ -362,9 +430,11 @@ class FuseSession:
                 ino.nlookup = 0
                 self._collect(ino, drop)
             self.proto = None
-        for of in opens:
-            if of.pins == 0:
-                self._close_quietly(of.file)
+            waiters, self._waiters = self._waiters, []
+        for of in idle:
+            self._close_quietly(of.file)
+        for w in waiters:
+            self._end_wait(w, fuse.reply_error(w.unique, errno.EINTR))
         for node in drop:
             self.backend.release(node)
         root = self.backend.root()
@@ -557,7 +627,12 @@ class FuseSession:
         return fuse.reply_write(req.unique, n)
 
     def _flush(self, req: fuse.Flush, used: _Used) -> bytes:
-        self._opened(req.fh, req.uid, used)  # writes are not buffered: nothing to push
+        """A close(2) in the guest: its POSIX locks on this handle go (writes
+        are not buffered here: nothing else to push)."""
+        t, of = self._opened(req.fh, req.uid, used)
+        if of.locked:
+            of.locked = False
+            self.ops.lock(t, LockRequest(c.LOCK_TYPE_UNLCK, 0, 0, req.pid, _owner(req.lock_owner)))
         return fuse.reply_empty(req.unique)
 
     def _fsync(self, req: fuse.Fsync | fuse.Fsyncdir, used: _Used) -> bytes:
@@ -573,8 +648,9 @@ class FuseSession:
                 raise OSError(errno.EBADF, f"no open file handle {req.fh}")
             of.released = True
             now = of.pins == 0  # else the last request using it closes it
-            of.inode.pins -= 1
-            self._collect(of.inode, drop)
+            if now:
+                of.inode.pins -= 1
+                self._collect(of.inode, drop)
         if now:
             self.backend.close(of.file)
         for node in drop:
@@ -618,6 +694,85 @@ class FuseSession:
         self.ops.access(self._at(req.nodeid, req.uid, used), req.mask)
         return fuse.reply_empty(req.unique)
 
+    # --------------------------------------------------------------- locks --
+    def _getlk(self, req: fuse.Getlk, used: _Used) -> bytes:
+        t, _ = self._opened(req.fh, req.uid, used)
+        got = self.ops.getlock(t, _lock_request(req))
+        if got.type == c.LOCK_TYPE_UNLCK:
+            return fuse.reply_lk(req.unique, fuse.FileLock(req.start, req.end, got.type, 0))
+        end = _OFFSET_MAX if got.length == 0 else got.start + got.length - 1
+        # pid 0: a holder's pid means nothing in the guest (Linux answers EIO
+        # to a pid it cannot find in the mount's namespace)
+        return fuse.reply_lk(req.unique, fuse.FileLock(got.start, end, got.type, 0))
+
+    def _setlk(self, req: fuse.Setlk | fuse.Setlkw, used: _Used) -> bytes:
+        t, of = self._opened(req.fh, req.uid, used)
+        lock = _lock_request(req)
+        if self.ops.lock(t, lock) == c.LOCK_BLOCKED:
+            raise OSError(errno.EAGAIN, "lock held elsewhere")
+        if lock.type != c.LOCK_TYPE_UNLCK:
+            of.locked = True
+        return fuse.reply_empty(req.unique)
+
+    def _setlkw(
+        self, req: fuse.Setlkw, used: _Used, done: Callable[[bytes | None], None] | None
+    ) -> bytes | _Waiter:
+        t, of = self._opened(req.fh, req.uid, used)
+        lock = _lock_request(req)
+        if self.ops.lock(t, lock) == c.LOCK_SUCCESS:
+            if lock.type != c.LOCK_TYPE_UNLCK:
+                of.locked = True
+            return fuse.reply_empty(req.unique)
+        w = _Waiter(req.unique, t, of, lock, done)
+        with self._lock:
+            if len(self._waiters) >= self.max_lock_waiters:
+                raise OSError(errno.ENOLCK, f"{self.max_lock_waiters} lock waits in progress")
+            of.pins += 1  # the handle stays open while its lock is awaited
+            self._waiters.append(w)
+            if self._waiter_thread is None:
+                self._waiter_thread = threading.Thread(
+                    target=self._wait_locks, name="virtiofs-locks", daemon=True
+                )
+                self._waiter_thread.start()
+        return w
+
+    def _wait_locks(self) -> None:
+        """One thread per session retries every waiting SETLKW (F_OFD_SETLK
+        does not wait: one thread serves them all, bounded by max_lock_waiters)."""
+        while True:
+            time.sleep(self.lock_poll)
+            with self._lock:
+                waiters = list(self._waiters)
+                if not waiters:
+                    self._waiter_thread = None
+                    return
+            for w in waiters:
+                if w.of.released:
+                    self._end_wait(w, fuse.reply_error(w.unique, errno.EBADF))
+                    continue
+                try:
+                    if self.ops.lock(w.target, w.lock) == c.LOCK_BLOCKED:
+                        continue
+                    if w.lock.type != c.LOCK_TYPE_UNLCK:
+                        w.of.locked = True
+                    reply = fuse.reply_empty(w.unique)
+                except OSError as e:
+                    reply = fuse.reply_error(w.unique, _errno(e.errno, errno.EIO))
+                except Exception:
+                    log.exception("%s: lock wait failed", self.peer)
+                    reply = fuse.reply_error(w.unique, errno.EIO)
+                self._end_wait(w, reply)
+
+    def _end_wait(self, w: _Waiter, reply: bytes) -> None:
+        with self._lock:
+            if w in self._waiters:
+                self._waiters.remove(w)
+        self._unpin(_Used(opens=[w.of]))
+        try:
+            w.finish(reply)
+        except Exception:
+            log.exception("%s: lock reply failed", self.peer)
+
     # -------------------------------------------------------------- xattrs --
     def _setxattr(self, req: fuse.Setxattr, used: _Used) -> bytes:
         used.name = req.name
@@ -646,6 +801,20 @@ class FuseSession:
 
 def _errno(err: int | None, default: int) -> int:
     return err if err is not None and 0 < err < 4096 else default
+
+
+def _owner(lock_owner: int) -> str:
+    return f"fuse:{lock_owner:x}"
+
+
+def _lock_request(req: fuse.Getlk | fuse.Setlk | fuse.Setlkw) -> LockRequest:
+    """fuse_lk_in (inclusive end, OFFSET_MAX for "to the end") -> LockRequest."""
+    if req.lk_flags & fuse.LK_FLOCK:
+        raise OSError(errno.ENOSYS, "flock locks stay in the guest (FLOCK_LOCKS not offered)")
+    if req.start > _OFFSET_MAX or req.end < req.start:
+        raise OSError(errno.EINVAL, f"lock range {req.start}..{req.end}")
+    length = 0 if req.end >= _OFFSET_MAX else req.end - req.start + 1
+    return LockRequest(req.type, req.start, length, req.lk_pid, _owner(req.owner))
 
 
 def _sized(unique: int, size: int, value: bytes) -> bytes:
