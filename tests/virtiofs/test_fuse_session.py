@@ -886,3 +886,48 @@ def test_lock_waits_are_bounded_and_end_with_the_session(
     assert not ev3.is_set()
     gb.call(f.Destroy, 0)
     assert ev3.wait(5) and f.decode_reply(got3[0] or b"").error == errno.EINTR
+
+
+def test_concurrent_requests_keep_the_tables_whole(root: Path) -> None:
+    # several queue threads at once: lookups, forgets, opens and releases of
+    # the same files race; afterwards exactly the root is left, and every
+    # host fd is back
+    s, g, _ = make_session(root)
+    g.init()
+    base = open_fds()
+    errors: list[BaseException] = []
+    unique = iter(range(10_000, 10**9, 2))
+    lock = threading.Lock()
+
+    def call(cls: type[f.Request], nodeid: int, **kw: Any) -> bytes:
+        with lock:
+            u = next(unique)
+        out = s.handle(f.encode_request(cls(u, nodeid, 0, 0, 1, **kw)))  # type: ignore[call-arg]
+        r = f.decode_reply(out or b"")
+        assert r.unique == u and r.error == 0, os.strerror(r.error)
+        return r.body
+
+    def worker() -> None:
+        try:
+            for _ in range(150):
+                e = f.parse_entry_out(call(f.Lookup, 1, name="hello.txt"))
+                d = f.parse_entry_out(call(f.Lookup, 1, name="sub"))
+                i = f.parse_entry_out(call(f.Lookup, d.nodeid, name="inner"))
+                fh = f.parse_open_out(call(f.Open, i.nodeid, flags=O_RDONLY, open_flags=0))[0]
+                assert call(f.Read, i.nodeid, fh=fh, offset=0, size=100, read_flags=0,
+                            lock_owner=0, flags=0) == b"x" * 10  # fmt: skip
+                call(f.Getattr, e.nodeid, getattr_flags=0, fh=0)
+                call(f.Release, i.nodeid, fh=fh, flags=0, release_flags=0, lock_owner=0)
+                for nid in (e.nodeid, i.nodeid, d.nodeid):
+                    assert s.handle(f.encode_request(f.Forget(0, nid, 0, 0, 0, 1))) is None
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[0]
+    assert list(s._inodes) == [1] and not s._opens
+    assert open_fds() == base
