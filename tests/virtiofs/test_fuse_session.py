@@ -931,3 +931,30 @@ def test_concurrent_requests_keep_the_tables_whole(root: Path) -> None:
     assert not errors, errors[0]
     assert list(s._inodes) == [1] and not s._opens
     assert open_fds() == base
+
+
+def test_create_into_full_tables_leaks_nothing(root: Path) -> None:
+    s, g, _ = make_session(root, max_inodes=1, max_handles=1)
+    g.init()
+    base = open_fds()
+    assert (
+        g.errno_of(
+            f.Create, 1, flags=O_RDWR | O_CREAT, mode=0o100644, umask=0, open_flags=0, name="a"
+        )
+        == errno.ENFILE
+    )
+    assert open_fds() == base and list(s._inodes) == [1]
+    s.max_inodes = 2
+    e = g.lookup(1, "hello.txt")
+    g.open(e.nodeid, O_RDONLY)  # the one handle allowed
+    g.forget(e.nodeid)  # (still pinned by its handle)
+    s.max_inodes = 3
+    assert (
+        g.errno_of(
+            f.Create, 1, flags=O_RDWR | O_CREAT, mode=0o100644, umask=0, open_flags=0, name="b"
+        )
+        == errno.EMFILE
+    )
+    assert sorted(s._inodes) == [1, e.nodeid]  # the new file's lookup was undone
+    g.call(f.Destroy, 0)
+    assert open_fds() == base

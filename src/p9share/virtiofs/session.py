@@ -54,6 +54,7 @@ _FMODE_NONOTIFY = 0x4000000
 _KERNEL_OPEN_BITS = _FMODE_EXEC | _FMODE_NONOTIFY | os.O_CREAT | os.O_EXCL | os.O_NOCTTY
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _NS = 1_000_000_000
+_QTDIR = int(c.QidType.DIR)
 _OFFSET_MAX = (1 << 63) - 1  # a lock's end meaning "to the end of the file"
 _U64 = (1 << 64) - 1
 
@@ -258,15 +259,13 @@ class FuseSession:
             if e.unique is None or e.opcode in fuse.NO_REPLY:
                 return None
             return fuse.reply_error(e.unique, e.errno)
-        kind = type(req)
-        if kind is fuse.Forget:
-            assert isinstance(req, fuse.Forget)
+        if isinstance(req, fuse.Forget):
             self._forget(((req.nodeid, req.nlookup),))
             return None
-        if kind is fuse.BatchForget:
-            assert isinstance(req, fuse.BatchForget)
+        if isinstance(req, fuse.BatchForget):
             self._forget(req.forgets)
             return None
+        kind = type(req)
         if kind is fuse.Interrupt:
             return None  # every request here runs to completion; nothing to interrupt
         if self.proto is None and kind is not fuse.Init:
@@ -278,8 +277,7 @@ class FuseSession:
             return fuse.reply_error(req.unique, errno.ENOSYS)
         used = _Used()
         try:
-            if kind is fuse.Setlkw:
-                assert isinstance(req, fuse.Setlkw)
+            if isinstance(req, fuse.Setlkw):
                 return self._setlkw(req, used, done)
             return handler(req, used)
         except PolicyError as e:
@@ -362,17 +360,19 @@ class FuseSession:
                 ino = self._inodes[nid]
                 ino.nlookup += 1
                 ino.path = path
+            elif len(self._inodes) >= self.max_inodes:
+                nid = 0
             else:
-                if len(self._inodes) >= self.max_inodes:
-                    raise OSError(errno.ENFILE, f"{self.max_inodes} inodes in use by this guest")
                 nid = self._next_nodeid
                 self._next_nodeid += 1
-                ino = _Inode(node, key, path, bool(node.qid.type & 0x80), 1)
+                ino = _Inode(node, key, path, bool(node.qid.type & _QTDIR), 1)
                 self._inodes[nid] = ino
                 self._by_key[key] = nid
                 extra = None
         if extra is not None:
             self.backend.release(extra)
+        if not nid:
+            raise OSError(errno.ENFILE, f"{self.max_inodes} inodes in use by this guest")
         return nid, ino
 
     def _forget(self, forgets: tuple[tuple[int, int], ...]) -> None:
@@ -387,9 +387,8 @@ class FuseSession:
         for node in drop:
             self.backend.release(node)
 
-    def _new_fh(self, nodeid: int, ino: _Inode, t: Handle) -> int:
-        """Record t's open file as a handle; the handle pins its inode."""
-        assert t.file is not None
+    def _new_fh(self, nodeid: int, ino: _Inode, file: OpenFile, flags: int, is_dir: bool) -> int:
+        """Record an open file as a handle; the handle pins its inode."""
         with self._lock:
             if len(self._opens) >= self.max_handles:
                 full = True
@@ -398,9 +397,9 @@ class FuseSession:
                 fh = self._next_fh
                 self._next_fh += 1
                 ino.pins += 1
-                self._opens[fh] = _Open(nodeid, ino, t.file, t.open_flags, t.is_dir)
+                self._opens[fh] = _Open(nodeid, ino, file, flags, is_dir)
         if full:
-            self._close_quietly(t.file)
+            self._close_quietly(file)
             raise OSError(errno.EMFILE, f"{self.max_handles} files open by this guest")
         return fh
 
@@ -591,8 +590,8 @@ class FuseSession:
         ino = used.inodes[-1]
         if isinstance(req, fuse.Opendir) and not t.is_dir:
             raise OSError(errno.ENOTDIR, "OPENDIR of a file that is not a directory")
-        self.ops.open(t, _host_flags(req.flags))
-        fh = self._new_fh(req.nodeid, ino, t)
+        file = self.ops.open(t, _host_flags(req.flags))
+        fh = self._new_fh(req.nodeid, ino, file, t.open_flags, t.is_dir)
         return fuse.reply_open(req.unique, fh, self._open_reply_flags(t.is_dir))
 
     def _create(self, req: fuse.Create, used: _Used) -> bytes:
@@ -609,8 +608,16 @@ class FuseSession:
             self._close_quietly(file)
             self.backend.release(node)
             raise
-        nid, ino = self._remember(node, path)
-        fh = self._new_fh(nid, ino, t)
+        try:
+            nid, ino = self._remember(node, path)  # gives node back if it fails
+        except BaseException:
+            self._close_quietly(file)
+            raise
+        try:
+            fh = self._new_fh(nid, ino, file, t.open_flags, False)  # closes file if it fails
+        except BaseException:
+            self._forget(((nid, 1),))  # the kernel never learns of this lookup
+            raise
         return fuse.reply_create(req.unique, self._entry(nid, attr), fh,
                                  self._open_reply_flags(False), self._minor())  # fmt: skip
 
