@@ -27,7 +27,11 @@ if [ $want_test = 1 ]; then
   need rsync rsync
   need git git
   need make make
+  need systemd-socket-activate systemd      # socket activation tests, unit verification
   need tar tar
+  # cross-checks (tests/vm/test_vmlab_units.py, tests/server/test_tls.py): a skip fails CI
+  need cpio cpio
+  need openssl openssl
 fi
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

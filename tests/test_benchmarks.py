@@ -220,8 +220,12 @@ def test_report_rejects_other_json(tmp_path: Path) -> None:
 
 
 def test_hotpath_prints_cpu_per_request(capsys: pytest.CaptureFixture[str]) -> None:
-    assert hotpath.main(["--limit", "2000", "--rounds", "1"]) == 0
+    # os.times() counts in 10 ms ticks: 2,000 requests (about 20 ms of user
+    # time) could read as 0 ticks. 20,000 requests take 20 or more ticks, so a
+    # zero can only mean the figure is not measured.
+    assert hotpath.main(["--limit", "20000", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
+    assert re.search(r"^round 1: 20000 requests, ", out, re.M), out
     found = re.search(r"best: ([0-9.]+) us user, ([0-9.]+) us total per request", out)
     assert found, out
     user, total = float(found[1]), float(found[2])

@@ -14,14 +14,18 @@ import pytest
 from p9share.client.raw import RawClient, ServerError
 from p9share.protocol import messages as m
 
+from .conftest import watch_server_stderr
+
 P9SHARE = [sys.executable, "-m", "p9share"]
 
 
 def serve(*args: str, cwd: Path | None = None, **kw: object) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [*P9SHARE, "serve", *args], cwd=cwd, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, **kw,  # type: ignore[call-overload]
     )  # fmt: skip
+    watch_server_stderr(proc)
+    return proc
 
 
 def wait_listening(proc: subprocess.Popen[str]) -> str:

@@ -11,6 +11,7 @@ This grammar is a contract that scripts and the tests rely on: keep it stable.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from .conformance import cli as conformance_cli
 from .policy import Export, Policy
 from .policy.config import Config, ConfigError, Listener, load_config
 from .protocol.constants import DEFAULT_MAX_MSIZE, MIN_MSIZE
+from .server import systemd
 from .server.limits import Limits
 from .server.transport import Address, AddressError, TlsSettings, parse_address
 
@@ -95,7 +97,24 @@ def mount_hint(addr: Address, export: str, msize: int) -> str:
             f"-device virtserialport,chardev=p9,name=p9share; guest: mount -t 9p -o "
             f"trans=fd,rfdno=3,wfdno=4,{opts} p9share /mnt 3<PORT-IN 4>PORT-OUT"
         )
+    if addr.kind == "systemd":
+        return f"the socket systemd passed as {addr.path!r}"
     return f"serving the inherited connection {addr}"
+
+
+def _activated(addrs: list[tuple[Address, str]]) -> list[tuple[Address, str]]:
+    """systemd:NAME listeners with the fds systemd passed (socket activation);
+    every passed socket must be named by a listener."""
+    passed = systemd.passed_sockets()
+    names = [a.path for a, _ in addrs if a.kind == "systemd"]
+    if not names and not passed:
+        return addrs
+    try:
+        fds = systemd.resolve(names, passed)
+    except systemd.ActivationError as e:
+        raise UsageError(str(e)) from None
+    return [(dataclasses.replace(a, fd=fds[a.path]) if a.kind == "systemd" else a, name)
+            for a, name in addrs]  # fmt: skip
 
 
 def load_checked(path: str) -> tuple[Config, Limits]:
@@ -202,7 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         listeners = [Listener(a, a) for a in args.listen]
     else:
         listeners = cfg.listeners or [Listener(DEFAULT_LISTEN, DEFAULT_LISTEN)]
-    addrs = [(parse_address(ln.address), ln.name) for ln in listeners]
+    addrs = _activated([(parse_address(ln.address), ln.name) for ln in listeners])
     tls = TlsSettings(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca) if cfg.tls else None
     if any(a.kind == "tls" for a, _ in addrs) and tls is None:
         raise UsageError(
@@ -231,23 +250,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         audit.close()
         raise
 
+    notifier = systemd.Notifier()
+
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping", signum)
+        notifier.stopping()
         server.stop()
 
     def reload(_signum: int, _frame: object) -> None:
         if not args.config:
             log.warning("SIGHUP: no policy file to reload (serving the command line's exports)")
             return
+        notifier.reloading()
         try:
             new, _ = load_checked(args.config)
             closed = server.reload(new.policy)
         except Exception as e:
             log.error("SIGHUP: policy not reloaded, the old one stays: %s", e)
             audit.emit("reload", ok=False, policy=args.config, reason=str(e))
+            notifier.ready(f"policy {args.config} not reloaded: {e}")
             return
         log.info("SIGHUP: policy %s reloaded; %d connections closed", args.config, len(closed))
         audit.emit("reload", ok=True, policy=args.config, closed=closed)
+        notifier.ready(f"serving {len(bound)} listeners; policy reloaded")
 
     # handlers before serving: a SIGHUP or SIGTERM never finds the default action
     signal.signal(signal.SIGINT, stop)
@@ -273,11 +298,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     audit.emit("start", listeners=[str(b) for b in bound], exports=list(policy.exports),
                policy=cfg.source)  # fmt: skip
     sys.stderr.flush()
+    # ready: bound, sandboxed, serving (Type=notify)
+    notifier.ready(f"serving {len(bound)} listeners, exports {', '.join(policy.exports)}")
 
-    while not server.wait(1.0):
+    while not server.wait(notifier.tick()):
         pass
+    notifier.stopping()
     server.stop()
     audit.close()
+    notifier.close()
     return 0
 
 

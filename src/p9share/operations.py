@@ -546,29 +546,23 @@ class Operations:
     # ------------------------------------------------------------- locks --
     def lock(self, t: Target, req: LockRequest) -> int:
         """Try a byte-range lock without waiting (LOCK_SUCCESS or
-        LOCK_BLOCKED). A write lock needs a file open for writing and a read
-        lock one open for reading, as fcntl(2): a read-only grant, which
-        opens nothing for writing, takes no write lock."""
-        self._check_lock(t, req.type)
+        LOCK_BLOCKED). A write lock needs a file open for writing, as with
+        fcntl(2), which every backend checks: a read-only grant opens nothing
+        for writing, so it takes no write lock."""
+        _check_lock_type(req.type)
         return t.backend.lock(self._open(t), req)
 
     def getlock(self, t: Target, req: LockRequest) -> LockRequest:
-        if req.type not in (c.LOCK_TYPE_RDLCK, c.LOCK_TYPE_WRLCK, c.LOCK_TYPE_UNLCK):
-            raise OSError(errno.EINVAL, f"bad lock type {req.type}")
+        _check_lock_type(req.type)
         return t.backend.getlock(self._open(t), req)
-
-    @staticmethod
-    def _check_lock(t: Target, kind: int) -> None:
-        if kind not in (c.LOCK_TYPE_RDLCK, c.LOCK_TYPE_WRLCK, c.LOCK_TYPE_UNLCK):
-            raise OSError(errno.EINVAL, f"bad lock type {kind}")
-        acc = t.open_flags & os.O_ACCMODE
-        if kind == c.LOCK_TYPE_WRLCK and acc == os.O_RDONLY:
-            raise OSError(errno.EBADF, "a write lock needs a file open for writing")
-        if kind == c.LOCK_TYPE_RDLCK and acc == os.O_WRONLY:
-            raise OSError(errno.EBADF, "a read lock needs a file open for reading")
 
     @staticmethod
     def _open(t: Target) -> OpenFile:
         if t.file is None:
             raise OSError(errno.EBADF, "not open")
         return t.file
+
+
+def _check_lock_type(kind: int) -> None:
+    if kind not in (c.LOCK_TYPE_RDLCK, c.LOCK_TYPE_WRLCK, c.LOCK_TYPE_UNLCK):
+        raise OSError(errno.EINVAL, f"bad lock type {kind}")

@@ -27,7 +27,7 @@ def test_report_groups_by_section_and_ends_with_the_summary(served: Served) -> N
     assert r.returncode == 0, r.stderr
     lines = r.stdout.rstrip("\n").splitlines()
     assert lines[-1].startswith("conformance: ") and lines[-1].endswith(
-        " passed, 0 failed, 0 not applicable"
+        " passed, 0 failed, 0 not applicable (0 of them MUST)"
     )
     assert sum(line.startswith("conformance: ") for line in lines) == 1
     assert "§4.4" in lines and any(line.startswith("  PASS walk.17-names [MUST]") for line in lines)
@@ -43,7 +43,10 @@ def test_json_file_matches_the_text(served: Served, tmp_path: Path) -> None:
     assert ids and all(c["section"] == "§5.16" for c in doc["cases"])
     assert all(f"{i} [" in r.stdout for i in ids)
     n = len(ids)
-    assert r.stdout.rstrip().endswith(f"conformance: {n} passed, 0 failed, 0 not applicable")
+    assert r.stdout.rstrip().endswith(
+        f"conformance: {n} passed, 0 failed, 0 not applicable (0 of them MUST)"
+    )
+    assert doc["summary"]["must_not_applicable"] == 0 and doc["conforms"] is True
 
 
 def test_only_glob_and_dialect(served: Served) -> None:
@@ -77,6 +80,30 @@ def test_no_server_and_no_match_exit_2(served: Served) -> None:
     r = conformance(f"tcp:127.0.0.1:{port}")
     assert r.returncode == 2 and "cannot connect" in r.stderr
     r = conformance(served.address, "--aname", "export", "--only", "no-such-case")
-    assert r.returncode == 2 and "no case matches" in r.stderr
+    assert r.returncode == 2 and "no 9P2000.L case matches" in r.stderr
+    r = conformance(served.address, "--aname", "export", "--only", "wstat.*")  # .u and 9P2000 only
+    assert r.returncode == 2 and "no 9P2000.L case matches" in r.stderr
     r = conformance(served.address, "--aname", "no-such-export")
     assert r.returncode == 2 and "cannot attach" in r.stderr
+
+
+def test_strict_fails_on_a_must_case_left_unchecked(served: Served) -> None:
+    # without --ro-aname the §7.6 cases cannot run: not applicable, and MUST
+    base = [served.address, "--aname", "export", "--only", "§7.6"]
+    r = conformance(*base)
+    assert r.returncode == 0, r.stdout
+    n = r.stdout.count("  N/A ")
+    assert n > 0 and f", {n} not applicable ({n} of them MUST)" in r.stdout
+    r = conformance(*base, "--strict")
+    assert r.returncode == 1
+    assert "--strict: MUST cases not checked count as failed: " in r.stdout
+    r = conformance(*base, "--strict", "--ro-aname", "ro")
+    assert r.returncode == 0, r.stdout
+
+
+def test_p9share_passes_strict_in_every_dialect(served: Served) -> None:
+    for dialect in ("9P2000.L", "9P2000.u", "9P2000"):
+        r = conformance(served.address, "--aname", "export", "--ro-aname", "ro", "--strict",
+                        "--dialect", dialect)  # fmt: skip
+        assert r.returncode == 0, f"{dialect}:\n{r.stdout[-3000:]}"
+        assert r.stdout.rstrip().endswith(" 0 failed, 0 not applicable (0 of them MUST)")

@@ -1,17 +1,18 @@
 """The whole suite against a live p9share, in each dialect: every case that
-applies passes. One test per case and dialect, so a failure names the case."""
+applies passes, and none is left "not applicable" (what --strict demands).
+One test per case and dialect, so a failure names the case."""
 
 from __future__ import annotations
 
 import pytest
 
 from p9share.conformance.registry import all_cases
-from p9share.conformance.runner import FAIL, NA, PASS, Result, run, summary
+from p9share.conformance.runner import PASS, Result, conforms, run, summary
 from p9share.protocol.constants import Dialect
 
 from .conftest import Served
 
-CASE_IDS = [k.id for k in all_cases()]
+CASES = [(k.id, d) for k in all_cases() for d in Dialect if d in k.dialects]
 _results: dict[Dialect, dict[str, Result]] = {}
 
 
@@ -22,23 +23,20 @@ def results_for(served: Served, dialect: Dialect) -> dict[str, Result]:
     return _results[dialect]
 
 
-@pytest.mark.parametrize("dialect", list(Dialect), ids=lambda d: d.value)
-@pytest.mark.parametrize("case_id", CASE_IDS)
+@pytest.mark.parametrize(("case_id", "dialect"), CASES, ids=[f"{i}-{d.value}" for i, d in CASES])
 def test_case_passes(served: Served, dialect: Dialect, case_id: str) -> None:
     r = results_for(served, dialect)[case_id]
-    assert r.status != FAIL, f"{case_id} [{r.section}] under {dialect.value}: {r.observed}"
-    k = next(k for k in all_cases() if k.id == case_id)
-    if dialect in k.dialects:
-        # a case that applies is checked, except the one that depends on thread timing
-        assert r.status == PASS or case_id == "tags.duplicate-pooled-closes", r.observed
-    else:
-        assert r.status == NA
+    assert r.status == PASS, f"{case_id} [{r.section}] under {dialect.value}: {r.observed}"
 
 
 @pytest.mark.parametrize("dialect", list(Dialect), ids=lambda d: d.value)
-def test_scratch_removed_and_summary(served: Served, dialect: Dialect) -> None:
+def test_strict_run_and_scratch_removed(served: Served, dialect: Dialect) -> None:
     rs = list(results_for(served, dialect).values())
-    assert summary(rs).startswith("conformance: ") and ", 0 failed, " in summary(rs)
+    assert {r.id for r in rs} == {i for i, d in CASES if d is dialect}
+    assert conforms(rs, strict=True), summary(rs)
+    assert (
+        summary(rs) == f"conformance: {len(rs)} passed, 0 failed, 0 not applicable (0 of them MUST)"
+    )
     assert [p.name for p in served.root.iterdir() if p.name.startswith("p9conf-")] == []
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import watch_server_stderr
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
@@ -69,6 +71,7 @@ class Server:
                  "--listen", self.address, "--log-level", "warning"],
                 env=env(), stdout=log, stderr=log,
             )  # fmt: skip
+        watch_server_stderr(self.log)
         # The socket appears (bound) before the server accepts: connecting is fine then.
         wait_for(lambda: self.sock.exists() and self._connectable(), "the server's socket")
         return self

@@ -11,6 +11,7 @@ set-gid drift. Each failed on the code before the operations layer.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from p9share.audit import AuditLog
 from p9share.client.raw import RawClient, ServerError
 from p9share.conformance.cases.classic import blank_stat
 from p9share.policy import Client, Export, Match, Policy, Rights
@@ -72,8 +74,9 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, Connect, Server]]:
         "ro": Client("ro", (Match(listener="ro"),), {"e": Rights(readonly=True)}),
         "rw": Client("rw", (Match(listener="rw"),), {"e": Rights(setid=True)}),
         "plain": Client("plain", (Match(listener="plain"),), {"e": Rights()}),
+        "dev": Client("dev", (Match(listener="dev"),), {"e": Rights(devices=True)}),
     }
-    srv = Server(Policy({"e": exp}, clients))
+    srv = Server(Policy({"e": exp}, clients), audit=AuditLog(str(tmp_path / "audit.log")))
     addrs = {
         name: str(srv.listen(parse_address(f"unix:{tmp_path}/{name}.sock"), name=name))
         for name in clients
@@ -359,6 +362,37 @@ def test_dotu_wstat_rename_follows_the_fid(served: tuple[Path, Connect, Server])
     assert (root / "a").exists() and not (root / "b").exists()
     r = cl.rpc(m.Tstat(1))
     assert isinstance(r, m.Rstat) and r.stat.name == "a"
+
+
+# ------------------------------------------------------- devices, names --
+
+
+@root_only
+def test_device_nodes_need_the_grant(served: tuple[Path, Connect, Server]) -> None:
+    root, connect, _ = served
+    mode = stat.S_IFCHR | 0o600
+    assert err(connect("plain"), m.Tmknod(0, "null", mode, 1, 3, 0)) == errno.EPERM
+    assert not (root / "null").exists()
+    assert err(connect("dev"), m.Tmknod(0, "null", mode, 1, 3, 0)) == 0
+    assert (root / "null").stat().st_rdev == os.makedev(1, 3)
+
+
+@pytest.mark.parametrize("name", [".", "..", "a/b", ""])
+def test_bad_new_names_are_refused_by_the_policy(
+    served: tuple[Path, Connect, Server], tmp_path: Path, name: str
+) -> None:
+    """The backend refuses them too; the policy refuses first, and says so
+    in the audit trail (rule "name")."""
+    _, connect, srv = served
+    cl = connect("plain")
+    assert err(cl, m.Tmkdir(0, name, 0o755, 0)) == errno.EINVAL
+    cl.walk(0, 1, [])
+    assert err(cl, m.Tlcreate(1, name, c.L_O_RDWR, 0o644, 0)) == errno.EINVAL
+    srv.audit.close()
+    recs = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    denied = [r for r in recs if r["event"] == "denied"]
+    assert [(r["op"], r["rule"], r["name"]) for r in denied] == [
+        ("mkdir", "name", name), ("lcreate", "name", name)]  # fmt: skip
 
 
 # -------------------------------------------------- device number range --

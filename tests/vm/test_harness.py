@@ -23,6 +23,8 @@ from p9share.vmlab import (
 from p9share.vmlab.diod import Diod, free_port
 from p9share.vmlab.recorder import Recorder
 
+from ..conftest import watch_server_stderr
+
 pytestmark = pytest.mark.vm
 
 
@@ -297,6 +299,7 @@ def test_fd_relay_carries_messages_larger_than_a_pipe(vm_assets: Assets, export_
          "--listen", f"unix:{sock}", "--msize", str(1024 * 1024 + 24)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
+    watch_server_stderr(server)
     try:
         deadline = time.monotonic() + 20
         while not sock.is_socket():

@@ -4,6 +4,7 @@ case's own scratch directory on it."""
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 from collections.abc import Iterable
 
@@ -15,6 +16,28 @@ from .registry import Failure, NotApplicable
 
 DEFAULT_MSIZE = 65536 + 24
 ROOT_FID = 0
+
+# Cases whose error §6.3 lets carry the server's own reason as the 9P2000
+# ename: frame checks (§2.5, §2.7, NOTAG in §3.4 and §3.6), bad names (§4.4,
+# §5.1, §8.2), attach names that select no export (§7.4), a refusal because
+# the export is read-only (§7.6) and malformed stat structures (§6.6).
+REASONED = (
+    "frame.*",
+    "tags.notag-einval",
+    "flush.notag",
+    "walk.17-names",
+    "walk.empty-name",
+    "walk.slash-name",
+    "*.bad-name",
+    "confine.names",
+    "aname.*",
+    "attach.unknown-aname",
+    "wstat.n-mismatch",
+    "wstat.stat-size-mismatch",
+    "wstat.readonly",
+)
+# strerror text -> errno, to tell a reason from the text of a wrong errno
+_STRERROR = {os.strerror(e): e for e in sorted(errno.errorcode, reverse=True)}
 
 
 def errname(num: int) -> str:
@@ -75,6 +98,8 @@ class Conn:
                 f"{type(msg).__name__}: reply {describe(r)} under tag {rtag}, sent {sent}"
             )
         self.ctx.note(f"{type(msg).__name__} -> {describe(r)}")
+        if isinstance(msg, m.Txattrwalk | m.Txattrcreate) and _user_xattr(msg.name):
+            self.ctx.check_xattr_support(r)
         return r
 
     def ok(self, msg: m.Message, rtype: type[m.Message] | None = None) -> m.Message:
@@ -99,7 +124,28 @@ class Conn:
             raise Failure(f"{type(msg).__name__}: expected {names}, got {describe(r)}")
         if want and got not in want and self.dialect is not Dialect.P9P2000:
             raise Failure(f"{type(msg).__name__}: expected {names}, got {describe(r)}")
+        if want and self.dialect is Dialect.P9P2000 and isinstance(r, m.Rerror):
+            self._check_ename(msg, r.ename, want)
         return f"{type(msg).__name__} -> {describe(r)}"
+
+    def _check_ename(self, msg: m.Message, ename: str, want: tuple[int, ...]) -> None:
+        """9P2000 has no errno: §6.3 makes ename the strerror text of the
+        errno, or (in the cases of REASONED) the server's own reason, which is
+        never the text of another errno."""
+        texts = {os.strerror(e) for e in want}
+        if ename in texts:
+            return
+        other = _STRERROR.get(ename)
+        if other is not None:
+            raise Failure(
+                f"{type(msg).__name__}: ename {ename!r} is the text of {errname(other)}, "
+                f"expected {' or '.join(repr(t) for t in sorted(texts))}"
+            )
+        if not any(fnmatch.fnmatchcase(self.ctx.case_id, p) for p in REASONED):
+            raise Failure(
+                f"{type(msg).__name__}: ename {ename!r}, expected "
+                f"{' or '.join(repr(t) for t in sorted(texts))} (§6.3)"
+            )
 
     def send_raw(self, data: bytes) -> None:
         self.rc.send_raw(data)
@@ -189,8 +235,8 @@ class Conn:
             f = self.clone(dirfid)
             self.ok(m.Tcreate(f, name, c.DMSYMLINK | 0o777, c.OREAD, target), m.Rcreate)
             self.clunk(f)
-        else:
-            raise NotApplicable("9P2000 cannot create symbolic links")
+        else:  # a case that needs a symlink is not registered for 9P2000
+            raise ValueError("9P2000 cannot create symbolic links")
 
     def unlink(self, dirfid: int, name: str) -> None:
         """Remove dirfid/name with Twalk + Tremove (every dialect has them)."""
@@ -222,8 +268,11 @@ class Context:
         *,
         ro_aname: str | None = None,
         timeout: float = 5.0,
+        xattrs: bool | None = None,
     ) -> None:
         self.address = address
+        # whether user xattrs worked in the run's probe (None: not probed)
+        self.xattrs = xattrs
         self.dialect = dialect
         self.aname = aname
         self.ro_aname = ro_aname
@@ -260,8 +309,10 @@ class Context:
         """A negotiated connection; with attach, ROOT_FID is the export root."""
         conn = self.raw(dialect)
         r = conn.rc.version(msize)
+        if r.version == "unknown":  # §3.1: how a server says it does not offer a dialect
+            raise NotApplicable(f"the server does not offer {conn.dialect.value} ('unknown')")
         if r.version != conn.dialect.value:
-            raise NotApplicable(f"server answers Tversion {conn.dialect.value} with {r.version!r}")
+            raise Failure(f"Tversion {conn.dialect.value!r} answered with {r.version!r}")
         if attach:
             conn.ok(m.Tattach(ROOT_FID, NOFID, "root", self.aname if aname is None else aname, 0))
         return conn
@@ -271,6 +322,18 @@ class Context:
         if self.ro_aname is None:
             raise NotApplicable("no read-only export given (--ro-aname)")
         return self.conn(aname=self.ro_aname)
+
+    def check_xattr_support(self, r: m.Message) -> None:
+        """EOPNOTSUPP for a user xattr is allowed where the exported
+        filesystem has none (§5.26), and then for every case: the probe at
+        the start of the run decides, and a server that answers otherwise
+        in a case fails it."""
+        if not (isinstance(r, m.Rlerror) and r.ecode == errno.EOPNOTSUPP):
+            return
+        if self.xattrs:
+            raise Failure("EOPNOTSUPP for a user xattr, which worked in the probe of this run")
+        if self.xattrs is False:
+            raise NotApplicable("the export has no user xattrs (EOPNOTSUPP, as in the probe)")
 
     def casedir(self, conn: Conn) -> int:
         name = self.case_id.replace("/", "_")
@@ -291,8 +354,9 @@ class Context:
         self._conns.clear()
 
 
-def hostname_safe(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+def _user_xattr(name: str) -> bool:
+    """A name the suite's xattr cases use: the list (empty) or user.*."""
+    return name == "" or name.startswith("user.")
 
 
 def scratch_name() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import traceback
@@ -10,7 +11,7 @@ from dataclasses import asdict, dataclass
 from ..protocol import constants as c
 from ..protocol import messages as m
 from ..protocol.constants import Dialect
-from .context import ROOT_FID, Conn, Context, describe, is_error, scratch_name
+from .context import ROOT_FID, Conn, Context, is_error, scratch_name
 from .registry import MUST, Case, Failure, NotApplicable, all_cases, section_key
 
 PASS = "pass"
@@ -32,15 +33,10 @@ class Result:
     observed: str
 
 
-def select(pattern: str | None, dialect: Dialect) -> list[Case]:
-    """The cases for a dialect whose id or section matches the glob pattern
-    (a plain word matches as a substring)."""
-    out = []
-    for k in all_cases():
-        if pattern and not _matches(pattern, k):
-            continue
-        out.append(k)
-    return out
+def select(pattern: str | None) -> list[Case]:
+    """The cases whose id or section matches the glob pattern (a plain word
+    matches as a substring), every case when there is none."""
+    return [k for k in all_cases() if not pattern or _matches(pattern, k)]
 
 
 def _matches(pattern: str, k: Case) -> bool:
@@ -58,15 +54,19 @@ def run(
     only: str | None = None,
     timeout: float = 5.0,
 ) -> list[Result]:
-    """Run the selected cases in a fresh scratch directory under the attach
-    root, which is removed again at the end."""
-    cases = select(only, dialect)
+    """Run the selected cases of the dialect in a fresh scratch directory
+    under the attach root, which is removed again at the end."""
+    cases = [k for k in select(only) if dialect in k.dialects]
+    if not cases:
+        return []
     scratch = scratch_name()
-    _setup(address, dialect, aname, scratch, timeout)
+    xattrs = _setup(address, dialect, aname, scratch, timeout)
     results: list[Result] = []
     try:
         for k in cases:
-            results.append(run_case(k, address, dialect, aname, ro_aname, scratch, timeout))
+            results.append(
+                run_case(k, address, dialect, aname, ro_aname, scratch, timeout, xattrs=xattrs)
+            )
     finally:
         _cleanup(address, dialect, aname, scratch, timeout)
     return results
@@ -80,14 +80,15 @@ def run_case(
     ro_aname: str | None,
     scratch: str,
     timeout: float,
+    *,
+    xattrs: bool | None = None,
 ) -> Result:
     def result(status: str, observed: str) -> Result:
         return Result(k.id, k.section, k.level, k.title, status, observed)
 
-    if dialect not in k.dialects:
-        names = ", ".join(sorted(d.value for d in k.dialects))
-        return result(NA, f"applies to {names} only")
-    ctx = Context(address, dialect, aname, scratch, k.id, ro_aname=ro_aname, timeout=timeout)
+    ctx = Context(
+        address, dialect, aname, scratch, k.id, ro_aname=ro_aname, timeout=timeout, xattrs=xattrs
+    )
     try:
         observed = k.func(ctx)
         return result(PASS, observed or (ctx.notes[-1] if ctx.notes else "ok"))
@@ -120,14 +121,35 @@ def _root(address: str, dialect: Dialect, aname: str, timeout: float) -> Conn:
         raise SetupError(f"cannot connect to {address}: {e}") from None
 
 
-def _setup(address: str, dialect: Dialect, aname: str, scratch: str, timeout: float) -> None:
+def _setup(address: str, dialect: Dialect, aname: str, scratch: str, timeout: float) -> bool | None:
+    """Make the scratch directory; under .L, probe once whether the export
+    has user xattrs (None: not a question in this dialect)."""
     conn = _root(address, dialect, aname, timeout)
     try:
-        conn.mkdir(ROOT_FID, scratch, 0o777)
-    except Failure as e:
-        raise SetupError(f"cannot create the scratch directory {scratch!r}: {e}") from None
+        try:
+            conn.mkdir(ROOT_FID, scratch, 0o777)
+        except Failure as e:
+            raise SetupError(f"cannot create the scratch directory {scratch!r}: {e}") from None
+        try:
+            return _probe_xattrs(conn, scratch) if conn.dotl else None
+        except Failure as e:
+            raise SetupError(f"cannot create a file in {scratch!r}: {e}") from None
     finally:
         conn.rc.close()
+
+
+def _probe_xattrs(conn: Conn, scratch: str) -> bool:
+    """Whether a user xattr can be set on a file of the export: False only
+    for EOPNOTSUPP (§5.26: the filesystem has none); any other refusal is
+    left to the cases to report."""
+    d = conn.walk(ROOT_FID, scratch)
+    conn.create(d, "xattr-probe")
+    x = conn.walk(d, "xattr-probe")
+    r = conn.call(m.Txattrcreate(x, "user.p9conf-probe", 1, 0))
+    if isinstance(r, m.Rxattrcreate):
+        conn.call(m.Twrite(x, 0, b"1"))
+        r = conn.call(m.Tclunk(x))
+    return not (isinstance(r, m.Rlerror) and r.ecode == errno.EOPNOTSUPP)
 
 
 def _cleanup(address: str, dialect: Dialect, aname: str, scratch: str, timeout: float) -> None:
@@ -181,18 +203,31 @@ def _list(conn: Conn, dirfid: int) -> list[str]:
 
 
 # ------------------------------------------------------------------ reports --
+def must_not_applicable(results: list[Result]) -> list[Result]:
+    """MUST cases that were not checked: each hides a rule the server may break."""
+    return [r for r in results if r.status == NA and r.level == MUST]
+
+
 def summary(results: list[Result]) -> str:
     p = sum(r.status == PASS for r in results)
     f = sum(r.status == FAIL for r in results)
     n = sum(r.status == NA for r in results)
-    return f"conformance: {p} passed, {f} failed, {n} not applicable"
+    mn = len(must_not_applicable(results))
+    return f"conformance: {p} passed, {f} failed, {n} not applicable ({mn} of them MUST)"
 
 
 def must_failed(results: list[Result]) -> bool:
     return any(r.status == FAIL and r.level == MUST for r in results)
 
 
-def report_text(results: list[Result], *, address: str = "", dialect: str = "") -> str:
+def conforms(results: list[Result], *, strict: bool = False) -> bool:
+    """No MUST case failed; with strict, none was left unchecked either."""
+    return not must_failed(results) and not (strict and must_not_applicable(results))
+
+
+def report_text(
+    results: list[Result], *, address: str = "", dialect: str = "", strict: bool = False
+) -> str:
     """The readable report: cases grouped by section, then the summary line."""
     lines = [f"p9share conformance: {address} {dialect}".rstrip()]
     by_section: dict[str, list[Result]] = {}
@@ -207,22 +242,30 @@ def report_text(results: list[Result], *, address: str = "", dialect: str = "") 
             lines.append(f"       {r.observed}")
     lines.append("")
     lines.append(summary(results))
+    if strict and must_not_applicable(results):
+        ids = ", ".join(r.id for r in must_not_applicable(results))
+        lines.append(f"--strict: MUST cases not checked count as failed: {ids}")
     return "\n".join(lines) + "\n"
 
 
-def report_json(results: list[Result], *, address: str = "", dialect: str = "") -> str:
+def report_json(
+    results: list[Result], *, address: str = "", dialect: str = "", strict: bool = False
+) -> str:
     p = sum(r.status == PASS for r in results)
     f = sum(r.status == FAIL for r in results)
     n = sum(r.status == NA for r in results)
     doc = {
         "address": address,
         "dialect": dialect,
-        "summary": {"passed": p, "failed": f, "not_applicable": n},
+        "strict": strict,
+        "summary": {
+            "passed": p,
+            "failed": f,
+            "not_applicable": n,
+            "must_not_applicable": len(must_not_applicable(results)),
+        },
         "must_failed": must_failed(results),
+        "conforms": conforms(results, strict=strict),
         "cases": [asdict(r) for r in results],
     }
     return json.dumps(doc, indent=1) + "\n"
-
-
-def describe_reply(r: m.Message) -> str:
-    return describe(r)

@@ -28,10 +28,6 @@ class Dialect(enum.Enum):
     P9P2000L = "9P2000.L"
 
     @property
-    def is_dotl(self) -> bool:
-        return self is Dialect.P9P2000L
-
-    @property
     def is_dotu(self) -> bool:
         return self is Dialect.P9P2000U
 

@@ -52,7 +52,3 @@ def encode_string(s: str) -> bytes:
     if b"\x00" in raw:
         raise ValueError("string contains a NUL byte")
     return U16.pack(len(raw)) + raw
-
-
-def encode_qid(q: Qid) -> bytes:
-    return QID.pack(q.type, q.version, q.path)

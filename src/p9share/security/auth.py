@@ -182,10 +182,6 @@ class Keyring:
         for k in keys:
             self.add(k)
 
-    @classmethod
-    def from_files(cls, paths: Iterable[str | os.PathLike[str]]) -> Keyring:
-        return cls(load_key(p) for p in paths)
-
     def add(self, key: Key) -> None:
         if key.key_id in self._secrets:
             raise KeyFileError(f"key id {key.key_id!r} is given twice")

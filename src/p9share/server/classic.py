@@ -190,7 +190,8 @@ class ClassicHandlers:
                 return m.Rwstat()
             if name:
                 self.ops.check_rename_node(f, name)  # before anything changes
-            self.ops.setattr(f, mode, uid, gid, size, atime, mtime)
+            if (mode, size, atime, mtime, uid, gid) != (None,) * 6:
+                self.ops.setattr(f, mode, uid, gid, size, atime, mtime)
             if name:
                 self.ops.rename_node(f, None, name)
                 f.path = f.path.rsplit("/", 1)[0] + "/" + name

@@ -1,4 +1,4 @@
-"""Listener addresses: tcp:HOST:PORT, tls:HOST:PORT, unix:PATH and fd:N.
+"""Listener addresses: tcp:HOST:PORT, tls:HOST:PORT, unix:PATH, fd:N and systemd:NAME.
 
 tls:HOST:PORT is TCP with mutual TLS: the server presents its certificate and
 requires a client certificate signed by the configured CA; a client is then
@@ -6,7 +6,8 @@ identified by that verified certificate (Peer.tls_subject, tls_fingerprint).
 
 fd:N is a socket inherited from the parent: a connected one (QEMU's chardev,
 a socketpair) is served as one connection; a listening one (systemd socket
-activation) is accepted on like any listener.
+activation) is accepted on like any listener. systemd:NAME is the socket
+that systemd passed with FileDescriptorName=NAME (server/systemd.py).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class TlsSettings:
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    kind: str  # "tcp" | "tls" | "unix" | "fd"
+    kind: str  # "tcp" | "tls" | "unix" | "fd" | "systemd" (path: the name; fd once passed)
     host: str = ""
     port: int = 0
     path: str = ""
@@ -62,6 +63,8 @@ class Address:
             return f"{self.kind}:{host}:{self.port}"
         if self.kind == "unix":
             return f"unix:{self.path}"
+        if self.kind == "systemd":
+            return f"systemd:{self.path}" + (f" (fd {self.fd})" if self.fd >= 0 else "")
         return f"fd:{self.fd}"
 
 
@@ -69,7 +72,8 @@ def parse_address(text: str) -> Address:
     kind, sep, rest = text.partition(":")
     if not sep or not rest:
         raise AddressError(
-            f"bad address {text!r}: expected tcp:HOST:PORT, tls:HOST:PORT, unix:PATH or fd:N"
+            f"bad address {text!r}: expected tcp:HOST:PORT, tls:HOST:PORT, unix:PATH, fd:N "
+            "or systemd:NAME"
         )
     if kind in ("tcp", "tls"):
         host, sep, port_s = rest.rpartition(":")
@@ -86,7 +90,14 @@ def parse_address(text: str) -> Address:
         if not rest.isdigit():
             raise AddressError(f"bad descriptor {rest!r} in {text!r}: expected fd:N")
         return Address("fd", fd=int(rest))
-    raise AddressError(f"unknown transport {kind!r} in {text!r}: use tcp, tls, unix or fd")
+    if kind == "systemd":
+        if not rest.replace("-", "").replace("_", "").replace(".", "").replace("@", "").isalnum():
+            raise AddressError(f"bad socket name {rest!r} in {text!r}: expected systemd:NAME "
+                               "(the socket unit's FileDescriptorName=)")  # fmt: skip
+        return Address("systemd", path=rest)
+    raise AddressError(
+        f"unknown transport {kind!r} in {text!r}: use tcp, tls, unix, fd or systemd"
+    )
 
 
 def open_listener(addr: Address) -> tuple[socket.socket, bool]:
@@ -121,6 +132,8 @@ def open_listener(addr: Address) -> tuple[socket.socket, bool]:
             s.close()
             raise AddressError(f"cannot listen on {addr}: {e.strerror}") from None
         return s, True
+    if addr.kind == "systemd" and addr.fd < 0:
+        raise AddressError(f"{addr}: no socket of that name was passed by systemd")
     try:
         st = os.fstat(addr.fd)
     except OSError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from ...protocol import constants as c
 from ...protocol import messages as m
@@ -84,3 +85,28 @@ def readdir_all(conn: Conn, fid: int, count: int = 8192) -> list[m.Dirent]:
         out += ents
         off = ents[-1].offset
     raise Failure("readdir never ended")
+
+
+def slow_request(ctx: Context) -> tuple[Conn, int, Callable[[], m.Message], str]:
+    """A connection, an open fid and a maker of requests on it that take the server some time,
+    for the cases that need a request still outstanding: at msize above
+    65547 a Tread of 1000000 bytes (pooled, §3.5); below that, under .L, a
+    Tfsync of a file just written (pooled at any msize); otherwise a Tread
+    of msize - 24 bytes (inline: it has always finished before the next
+    frame is read, which §3.5 and §3.6 allow). The text says which."""
+    conn = ctx.conn(msize=1048576 + 24)
+    d = conn.casedir()
+    size = 1000000
+    if conn.rc.msize > 65536 + 11:
+        conn.create(d, "big", b"y" * size)
+        f = conn.walk(d, "big")
+        conn.open(f)
+        return conn, f, lambda: m.Tread(f, 0, size), f"Tread of {size} bytes (pooled)"
+    conn.create(d, "big", b"y" * (conn.rc.msize * 4))
+    f = conn.walk(d, "big")
+    conn.open(f, "rw")
+    if conn.dotl:
+        conn.write_all(f, 0, b"z" * (conn.rc.msize * 4))
+        return conn, f, lambda: m.Tfsync(f, 0), "Tfsync (pooled)"
+    count = conn.rc.msize - c.IOHDRSZ
+    return conn, f, lambda: m.Tread(f, 0, count), f"Tread of {count} bytes (inline at this msize)"

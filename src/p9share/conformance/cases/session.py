@@ -7,22 +7,12 @@ import errno
 from ...protocol import constants as c
 from ...protocol import messages as m
 from ...protocol.constants import NOTAG
-from ..context import ROOT_FID, Conn, Context, describe
+from ..context import ROOT_FID, Conn, Context, describe, is_error
 from ..registry import ALL, DOTL, Failure, NotApplicable, case
-from ._util import expect, file_in_casedir, frame
+from ._util import expect, file_in_casedir, frame, slow_request
 
-
-def _pooled(ctx: Context, size: int = 400000) -> tuple[Conn, int]:
-    """A connection with msize 1 MiB + 24 and an open fid on a file of `size`
-    bytes, so that a Tread of it is pooled (count > 65536)."""
-    conn = ctx.conn(msize=1048576 + 24)
-    if conn.rc.msize <= 65536 + 11:
-        raise NotApplicable(f"server msize {conn.rc.msize}: no read is large enough to be pooled")
-    d = conn.casedir()
-    conn.create(d, "big", b"y" * size)
-    f = conn.walk(d, "big")
-    conn.open(f)
-    return conn, f
+# tries of tags.duplicate-pooled-closes, each with 4 more requests
+DUPLICATE_TRIES = 5
 
 
 @case("tags.notag-einval", "§3.4", "NOTAG on a request other than Tversion is EINVAL", dialects=ALL)
@@ -55,22 +45,60 @@ def _(ctx: Context) -> str:
     dialects=ALL,
 )
 def _(ctx: Context) -> str:
-    conn, f = _pooled(ctx, 1000000)
-    # eight pooled reads keep the worker pool busy, so the last is still
-    # pending when the duplicate of its tag arrives
-    reads = b"".join(m.Tread(f, 0, 1000000).encode(t, ctx.dialect) for t in range(7, 15))
-    conn.send_raw(reads + m.Tclunk(4242).encode(14, ctx.dialect))
-    replies: list[str] = []
-    try:
-        while True:
-            _, r = conn.recv()
-            replies.append(describe(r))
-            if len(replies) == 9:
-                raise NotApplicable(
-                    "every request was answered: the reads finished before the duplicate arrived"
-                )
-    except ConnectionError:
-        return f"connection closed after {len(replies)} replies"
+    conn, _f, make, kind = slow_request(ctx)
+    if "pooled" not in kind:
+        raise NotApplicable(
+            f"server msize {conn.rc.msize}: no {ctx.dialect.value} request is pooled at this "
+            "msize, and reusing the tag of an inline request is never detected (§3.4)"
+        )
+    # N slow requests (the pool has 4 threads, so the last waits its turn),
+    # then a Tclunk of an unknown fid under the last one's tag. Whether that
+    # request was still running is known from the replies: an answer to the
+    # duplicate before the reply to the request it duplicates proves it was.
+    for attempt in range(1, DUPLICATE_TRIES + 1):
+        tags = list(range(7, 11 + 4 * attempt))
+        dup = tags[-1]
+        conn.send_raw(
+            b"".join(make().encode(t, ctx.dialect) for t in tags)
+            + m.Tclunk(4242).encode(dup, ctx.dialect)
+        )
+        replies: list[tuple[int, m.Message]] = []
+        try:
+            while len(replies) < len(tags) + 1:
+                replies.append(conn.recv())
+        except ConnectionError:
+            return _closed_after(replies, tags, kind)
+        under = [(i, r) for i, (t, r) in enumerate(replies) if t == dup]
+        done = [i for i, r in under if not is_error(r)]
+        dupe = [i for i, r in under if is_error(r)]
+        expect(
+            len(done) == 1 and len(dupe) == 1,
+            f"replies under tag {dup}: {[describe(r) for _i, r in under]}",
+        )
+        first, second = done[0], dupe[0]
+        if second < first:
+            raise Failure(
+                f"reused tag {dup} not detected: the duplicate was answered "
+                f"({describe(replies[second][1])}) while the {kind} under that tag was still "
+                f"running (its reply came later); the connection stayed open"
+            )
+    raise Failure(
+        f"reused tag never detected in {DUPLICATE_TRIES} tries of up to {len(tags)} "
+        f"requests ({kind}); each time the server answered the duplicate too"
+    )
+
+
+def _closed_after(replies: list[tuple[int, m.Message]], tags: list[int], kind: str) -> str:
+    """The connection was closed after a duplicate tag: every request sent
+    before it is answered exactly once (§3.8), the duplicate not at all."""
+    got = sorted(t for t, _r in replies)
+    errors = [describe(r) for _t, r in replies if is_error(r)]
+    expect(not errors, f"connection closed after {len(replies)} replies, among them {errors}")
+    expect(
+        got == tags,
+        f"connection closed after replies under tags {got}; every one of {tags} needed one",
+    )
+    return f"connection closed after the {len(tags)} replies to the {kind} requests"
 
 
 @case(
@@ -96,12 +124,26 @@ def _(ctx: Context) -> str:
     dialects=ALL,
 )
 def _(ctx: Context) -> str:
-    conn, f = _pooled(ctx)
-    reqs = [m.Tread(f, 0, 300000), m.Tclunk(4242), m.Tread(f, 10, 100000), m.Twalk(f, 900, [])]
+    conn, f, make, kind = slow_request(ctx)
+    reqs = [make(), m.Tclunk(4242), make(), m.Twalk(f, 900, [])]
     conn.send_raw(b"".join(r.encode(30 + i, ctx.dialect) for i, r in enumerate(reqs)))
     got = sorted(conn.recv()[0] for _ in reqs)
     expect(got == [30, 31, 32, 33], f"reply tags {got}")
-    return "4 replies, tags 30..33"
+    extra = _one_more(conn)
+    expect(extra is None, f"a fifth reply: {extra}")
+    return f"4 replies, tags 30..33, then nothing ({kind})"
+
+
+def _one_more(conn: Conn, wait: float = 0.5) -> str | None:
+    """Whatever reply arrives within wait seconds (None: nothing)."""
+    conn.rc.sock.settimeout(wait)
+    try:
+        tag, r = conn.recv()
+    except TimeoutError:
+        return None
+    finally:
+        conn.rc.sock.settimeout(conn.ctx.timeout)
+    return f"{describe(r)} under tag {tag}"
 
 
 @case("flush.finished", "§3.6", "Tflush of an answered request gets Rflush", dialects=ALL)
@@ -142,15 +184,13 @@ def _(ctx: Context) -> str:
     dialects=ALL,
 )
 def _(ctx: Context) -> str:
-    conn, f = _pooled(ctx, 1000000)
-    conn.send_raw(
-        m.Tread(f, 0, 1000000).encode(61, ctx.dialect) + m.Tflush(61).encode(62, ctx.dialect)
-    )
+    conn, _f, make, kind = slow_request(ctx)
+    conn.send_raw(make().encode(61, ctx.dialect) + m.Tflush(61).encode(62, ctx.dialect))
     t1, r1 = conn.recv()
     t2, r2 = conn.recv()
     expect((t1, t2) == (61, 62), f"reply tags {t1}, {t2}")
-    expect(isinstance(r1, m.Rread) and isinstance(r2, m.Rflush), f"{describe(r1)}, {describe(r2)}")
-    return f"{describe(r1)} then Rflush"
+    expect(not is_error(r1) and isinstance(r2, m.Rflush), f"{describe(r1)}, {describe(r2)}")
+    return f"{describe(r1)} then Rflush ({kind})"
 
 
 @case(
@@ -160,15 +200,20 @@ def _(ctx: Context) -> str:
     dialects=ALL,
 )
 def _(ctx: Context) -> str:
-    conn, f = _pooled(ctx, 1000000)
+    conn, _f, make, kind = slow_request(ctx)
     conn.send_raw(
-        m.Tread(f, 0, 1000000).encode(71, ctx.dialect)
+        make().encode(71, ctx.dialect)
         + m.Tflush(71).encode(72, ctx.dialect)
         + m.Tflush(71).encode(73, ctx.dialect)
     )
-    tags = [conn.recv()[0] for _ in range(3)]
+    replies = [conn.recv() for _ in range(3)]
+    tags = [t for t, _r in replies]
     expect(tags == [71, 72, 73], f"reply tags {tags}")
-    return f"replies under {tags}"
+    expect(
+        not is_error(replies[0][1]) and all(isinstance(r, m.Rflush) for _t, r in replies[1:]),
+        f"replies {[describe(r) for _t, r in replies]}",
+    )
+    return f"replies under {tags} ({kind})"
 
 
 @case("flush.never-cancels", "§3.6", "a flushed write still takes effect", dialects=ALL)

@@ -8,7 +8,7 @@ from ...protocol import constants as c
 from ...protocol import messages as m
 from ...protocol.constants import NOFID
 from ..context import Conn, Context, describe
-from ..registry import NotApplicable, case
+from ..registry import Failure, case
 from ._util import expect, file_in_casedir, opened
 
 NAME = "user.p9conf"
@@ -18,13 +18,15 @@ def _set(conn: Conn, fid: int, name: str, value: bytes, flags: int = 0) -> m.Mes
     """Set an xattr through a clone of fid; the reply of the committing Tclunk."""
     x = conn.clone(fid)
     r = conn.call(m.Txattrcreate(x, name, len(value), flags))
-    if isinstance(r, m.Rlerror) and r.ecode == errno.EOPNOTSUPP:
-        raise NotApplicable("the exported filesystem has no user xattrs")
     if not isinstance(r, m.Rxattrcreate):
         return r
     if value:
         conn.ok(m.Twrite(x, 0, value), m.Rwrite)
-    return conn.call(m.Tclunk(x))
+    r = conn.call(m.Tclunk(x))
+    conn.ctx.check_xattr_support(r)  # the host decides at the commit (§5.27)
+    if conn.ctx.xattrs is False and isinstance(r, m.Rclunk) and value:
+        raise Failure("a user xattr was set, though the probe of this run got EOPNOTSUPP")
+    return r
 
 
 def _get(conn: Conn, fid: int, name: str) -> bytes:
