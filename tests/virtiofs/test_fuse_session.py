@@ -423,7 +423,7 @@ def test_device_node_with_grant_on_a_mapped_export(root: Path) -> None:
         root, rights=Rights(devices=True), export=Export("share", str(root), idmap=mapped())
     )
     g.init()
-    rdev = (1 << 8) | 3 | (0x123 << 12)  # major 1, minor 0x12303: Linux's 32-bit new_encode_dev
+    rdev = (1 << 8) | 3 | (0x12300 << 12)  # major 1, minor 0x12303: Linux's new_encode_dev
     e = f.parse_entry_out(
         g.call(f.Mknod, 1, mode=stat.S_IFCHR | 0o600, rdev=rdev, umask=0, name="dev")
     )
@@ -958,3 +958,18 @@ def test_create_into_full_tables_leaks_nothing(root: Path) -> None:
     assert sorted(s._inodes) == [1, e.nodeid]  # the new file's lookup was undone
     g.call(f.Destroy, 0)
     assert open_fds() == base
+
+
+def test_device_node_with_grant_on_the_host(root: Path) -> None:
+    # as root, a devices grant makes a real device node; the 32-bit dev_t
+    # encoding (Linux's new_encode_dev) survives both ways
+    _s, g, _ = make_session(root, rights=Rights(devices=True))
+    g.init()
+    rdev = (0x105 << 8) | 0x03 | (0x12300 << 12)  # major 0x105, minor 0x12303
+    e = f.parse_entry_out(
+        g.call(f.Mknod, 1, mode=stat.S_IFBLK | 0o600, rdev=rdev, umask=0, name="blk")
+    )
+    st = os.lstat(root / "blk")
+    assert stat.S_ISBLK(st.st_mode)
+    assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (0x105, 0x12303)
+    assert e.attr.rdev == rdev and stat.S_ISBLK(e.attr.mode)
