@@ -58,17 +58,17 @@ def _check_dir(exp: Export) -> Export:
         raise UsageError(f"export {exp.name!r}: {exp.path}: no such directory")
     if not os.path.isdir(path):
         raise UsageError(f"export {exp.name!r}: {exp.path}: not a directory")
-    return Export(exp.name, path, exp.readonly)
+    return dataclasses.replace(exp, path=path)
 
 
-def build_policy(path: str | None, exports: Sequence[str]) -> Policy:
+def build_policy(path: str | None, exports: Sequence[str], cache: str = "auto") -> Policy:
     """The one-export-per-flag policy the command line stands for."""
     items: list[Export] = [_export_arg(e) for e in exports]
     if path is not None or not items:
         p = os.path.abspath(path if path is not None else ".")
         items.insert(0, Export(os.path.basename(p.rstrip("/")) or "root", p))
     policy = Policy()
-    for exp in items:
+    for exp in (dataclasses.replace(e, cache=cache) for e in items):
         if exp.name in policy.exports:
             raise UsageError(f"export name {exp.name!r} is used twice")
         policy.exports[exp.name] = _check_dir(exp)
@@ -102,6 +102,12 @@ def mount_hint(addr: Address, export: str, msize: int) -> str:
         )
     if addr.kind == "systemd":
         return f"the socket systemd passed as {addr.path!r}"
+    if addr.kind == "vhost-user":
+        return (
+            f"QEMU: -object memory-backend-memfd,id=mem,size=RAM,share=on -numa node,memdev=mem "
+            f"-chardev socket,id=fs,path={addr.path} -device vhost-user-fs-pci,chardev=fs,"
+            f"tag={export}; guest: mount -t virtiofs {export} /mnt"
+        )
     return f"serving the inherited connection {addr}"
 
 
@@ -213,11 +219,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server.server import Server
 
     if args.config:
-        if args.path is not None or args.export:
-            raise UsageError("--config names the exports: give no PATH or --export with it")
+        if args.path is not None or args.export or args.cache:
+            raise UsageError(
+                "--config names the exports: give no PATH, --export or --cache with it"
+            )
         cfg, limits = load_checked(args.config)
     else:
-        cfg, limits = Config(build_policy(args.path, args.export)), Limits()
+        policy = build_policy(args.path, args.export, args.cache or "auto")
+        cfg, limits = Config(policy), Limits()
     policy = cfg.policy
     msize = _msize_arg(args.msize) if args.msize else (cfg.msize or DEFAULT_MAX_MSIZE)
     if args.listen:
@@ -225,6 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         listeners = cfg.listeners or [Listener(DEFAULT_LISTEN, DEFAULT_LISTEN)]
     addrs = _activated([(parse_address(ln.address), ln.name) for ln in listeners])
+    served = {ln.name: ln.export for ln in listeners}  # vhost-user: the export of each
     tls = TlsSettings(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca) if cfg.tls else None
     if any(a.kind == "tls" for a, _ in addrs) and tls is None:
         raise UsageError(
@@ -243,7 +253,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log = logging.getLogger("p9share")
     try:
         bound = [
-            server.bind(a, tls=tls if a.kind == "tls" else None, name=name) for a, name in addrs
+            server.bind(a, tls=tls if a.kind == "tls" else None, name=name, export=served[name])
+            for a, name in addrs
         ]
         endpoint = None
         if args.metrics and server.metrics is not None:
@@ -341,7 +352,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--export", action="append", default=[], metavar="NAME=PATH[:ro]",
                    help="export PATH under attach name NAME (repeatable)")  # fmt: skip
     s.add_argument("--listen", action="append", metavar="ADDR",
-                   help=f"tcp:HOST:PORT, unix:PATH, fd:N or systemd:NAME (repeatable; default {DEFAULT_LISTEN})")  # fmt: skip
+                   help=f"tcp:HOST:PORT, unix:PATH, fd:N, systemd:NAME or vhost-user:PATH (repeatable; default {DEFAULT_LISTEN})")  # fmt: skip
     s.add_argument(
         "--msize",
         metavar="BYTES",
@@ -356,6 +367,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "root keeps only a file server's capabilities)")  # fmt: skip
     s.add_argument("--landlock", choices=["auto", "required", "off"],
                    help="confine the server to its exports (default auto: where available)")  # fmt: skip
+    s.add_argument("--cache", choices=["none", "auto", "always"],
+                   help="virtio-fs cache mode of the exports (default auto; a policy file "
+                        "sets it per export)")  # fmt: skip
     s.add_argument("--metrics", metavar="ADDR",
                    help="serve Prometheus metrics (GET /metrics) on tcp:HOST:PORT or unix:PATH")  # fmt: skip
     s.set_defaults(func=cmd_serve)

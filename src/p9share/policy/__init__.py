@@ -52,6 +52,7 @@ class Export:
     max_file_size: int = 0  # bytes; 0: no limit
     quota_bytes: int = 0  # bytes written into the export by guests; 0: no limit
     quota_files: int = 0  # files created by guests; 0: no limit
+    cache: str = "auto"  # virtio-fs: "none" | "auto" | "always" (the guest's cache timeouts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    address: str  # tcp:HOST:PORT, unix:PATH, fd:N or tls:HOST:PORT
+    address: str  # tcp:HOST:PORT, unix:PATH, fd:N, tls:HOST:PORT, systemd:NAME or vhost-user:PATH
     name: str  # what clients match on (defaults to the address as written)
+    export: str | None = None  # vhost-user: the export it serves (None: the only one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +176,10 @@ def _server(r: _Reader, cfg: Config) -> None:
             addr = lr.get("address", str)
             if addr is None:
                 raise lr.err("address", "missing")
-            cfg.listeners.append(Listener(addr, lr.get("name", str, addr)))
+            export = lr.get("export", str)
+            if export is not None and not addr.startswith("vhost-user:"):
+                raise lr.err("export", "only a vhost-user listener names its export")
+            cfg.listeners.append(Listener(addr, lr.get("name", str, addr), export))
             lr.done()
         else:
             raise r.err(f"listen[{i}]", "expected an address string or {address=, name=}")
@@ -225,9 +229,17 @@ def _export(r: _Reader, name: str) -> Export:
         max_file_size=r.integer("max_file_size", 0) or 0,
         quota_bytes=r.integer("quota_bytes", 0) or 0,
         quota_files=r.integer("quota_files", 0) or 0,
+        cache=_choice(r, "cache", ("none", "auto", "always"), "auto"),
     )
     r.done()
     return exp
+
+
+def _choice(r: _Reader, key: str, allowed: tuple[str, ...], default: str) -> str:
+    value: str = r.get(key, str, default)
+    if value not in allowed:
+        raise r.err(key, f"{value!r}: expected one of {', '.join(allowed)}")
+    return value
 
 
 def _idmap(r: _Reader) -> IdMap:

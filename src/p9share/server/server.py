@@ -19,6 +19,9 @@ from ..policy.quota import QuotaLedger
 from ..protocol.connection import ServerConnection
 from ..protocol.constants import DEFAULT_MAX_MSIZE, Dialect
 from ..security.auth import Key, Keyring
+from ..virtiofs.device import VhostUserListener
+from ..virtiofs.service import FuseRequestHandler
+from ..virtiofs.session import FuseSession
 from .connection import Connection
 from .limits import ClientMeter, LimitReporter, Limits, RecordGate
 from .metrics import Gauges, Metrics
@@ -143,6 +146,8 @@ class Server:
         self._threads: list[threading.Thread] = []
         self._retired: list[Backend] = []  # backends replaced by a reload
         self._pending: list[Callable[[], None]] = []  # bound, not yet served
+        self._vhost: list[VhostUserListener] = []  # virtio-fs devices
+        self._vhost_exports: dict[str, str] = {}  # their listener names -> export
         self._reload_lock = threading.RLock()
         # live metrics (--metrics): counters per client and export
         self.metrics = Metrics(self._gauges) if metrics else None
@@ -161,7 +166,11 @@ class Server:
         return real
 
     def bind(
-        self, addr: Address, tls: TlsSettings | None = None, name: str | None = None
+        self,
+        addr: Address,
+        tls: TlsSettings | None = None,
+        name: str | None = None,
+        export: str | None = None,
     ) -> Address:
         """Bind one listener (raises AddressError) without starting a thread:
         start() serves it, so that the self-sandbox can be applied in between
@@ -169,7 +178,11 @@ class Server:
         An inherited connected fd is served as a single connection.
         A tls: address needs tls, its certificate, key and client CA (raises
         TlsConfigError, an AddressError, when they cannot be loaded). name is
-        what the policy matches clients on (default: the address)."""
+        what the policy matches clients on (default: the address).
+        A vhost-user: address serves one export as a virtio-fs device:
+        `export`, or the only one the listener's client may attach."""
+        if addr.kind == "vhost-user":
+            return self._bind_vhost_user(addr, name or str(addr), export)
         context = None
         if addr.kind == "tls":
             if tls is None:
@@ -197,6 +210,34 @@ class Server:
         self._threads.append(t)
         self._pending.append(t.start)
         return real
+
+    def _bind_vhost_user(self, addr: Address, label: str, export: str | None) -> Address:
+        """A virtio-fs device on a Unix socket: one front end (QEMU) at a
+        time, a FUSE session per connection, identity = the listener."""
+        peer = Peer(label, "vhost-user")
+        try:
+            exp, _ = self.policy.select_export(export or "", self.policy.identify(peer))
+        except PolicyError as e:
+            raise AddressError(f"{addr}: {e.reason}") from None
+        self._vhost_exports[label] = exp.name
+
+        def session() -> FuseRequestHandler:
+            # the policy and backends of now: a reload applies from the next connection
+            name = self._vhost_exports[label]
+            return FuseRequestHandler(FuseSession(
+                self.policy, self.backends, name, peer, audit=self.audit, quotas=self.quotas,
+                cache=self.policy.exports[name].cache,
+            ))  # fmt: skip
+
+        listener = VhostUserListener(addr.path, session)
+        try:
+            listener.bind()
+        except OSError as e:
+            raise AddressError(f"cannot listen on {addr}: {e.strerror}") from None
+        self._vhost.append(listener)
+        self.addresses.append(addr)
+        self._pending.append(listener.start)
+        return addr
 
     def start(self) -> None:
         """Serve every listener bound since the last start()."""
@@ -505,6 +546,8 @@ class Server:
             return
         self._shut_down = True
         self._stopped.set()
+        for v in self._vhost:
+            v.stop()
         for s in self._listeners:
             try:
                 s.shutdown(socket.SHUT_RDWR)

@@ -51,7 +51,8 @@ class TlsSettings:
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    kind: str  # "tcp" | "tls" | "unix" | "fd" | "systemd" (path: the name; fd once passed)
+    # "tcp" | "tls" | "unix" | "fd" | "systemd" (path: the name; fd once passed) | "vhost-user"
+    kind: str
     host: str = ""
     port: int = 0
     path: str = ""
@@ -61,8 +62,8 @@ class Address:
         if self.kind in ("tcp", "tls"):
             host = f"[{self.host}]" if ":" in self.host else self.host
             return f"{self.kind}:{host}:{self.port}"
-        if self.kind == "unix":
-            return f"unix:{self.path}"
+        if self.kind in ("unix", "vhost-user"):
+            return f"{self.kind}:{self.path}"
         if self.kind == "systemd":
             return f"systemd:{self.path}" + (f" (fd {self.fd})" if self.fd >= 0 else "")
         return f"fd:{self.fd}"
@@ -72,8 +73,8 @@ def parse_address(text: str) -> Address:
     kind, sep, rest = text.partition(":")
     if not sep or not rest:
         raise AddressError(
-            f"bad address {text!r}: expected tcp:HOST:PORT, tls:HOST:PORT, unix:PATH, fd:N "
-            "or systemd:NAME"
+            f"bad address {text!r}: expected tcp:HOST:PORT, tls:HOST:PORT, unix:PATH, fd:N, "
+            "systemd:NAME or vhost-user:PATH"
         )
     if kind in ("tcp", "tls"):
         host, sep, port_s = rest.rpartition(":")
@@ -90,12 +91,16 @@ def parse_address(text: str) -> Address:
         if not rest.isdigit():
             raise AddressError(f"bad descriptor {rest!r} in {text!r}: expected fd:N")
         return Address("fd", fd=int(rest))
+    if kind == "vhost-user":
+        return Address("vhost-user", path=rest)
     if kind == "systemd":
         if not rest.replace("-", "").replace("_", "").replace(".", "").replace("@", "").isalnum():
             raise AddressError(f"bad socket name {rest!r} in {text!r}: expected systemd:NAME "
                                "(the socket unit's FileDescriptorName=)")  # fmt: skip
         return Address("systemd", path=rest)
-    raise AddressError(f"unknown transport {kind!r} in {text!r}: use tcp, tls, unix, fd or systemd")
+    raise AddressError(
+        f"unknown transport {kind!r} in {text!r}: use tcp, tls, unix, fd, systemd or vhost-user"
+    )
 
 
 def open_listener(addr: Address) -> tuple[socket.socket, bool]:

@@ -510,7 +510,11 @@ class VhostUserListener:
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = -1, -1
 
-    def start(self) -> None:
+    def bind(self) -> None:
+        """Make the listening socket (before the server's self-sandbox, which
+        refuses new socket files); start() serves it."""
+        if self._sock is not None:
+            return
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
@@ -527,6 +531,9 @@ class VhostUserListener:
             sock.close()
             raise
         self._sock = sock
+
+    def start(self) -> None:
+        self.bind()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(
             target=self._accept_loop, name=f"vhost-user {self.path}", daemon=True
