@@ -214,8 +214,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot open audit log {e.filename}: {e.strerror}") from None
     try:
         server = Server(
-            policy, msize=msize, limits=limits, audit=audit, auth_required=cfg.auth_required
-        )
+            policy, msize=msize, limits=limits, audit=audit, auth_required=cfg.auth_required,
+            max_connections=cfg.max_connections,
+        )  # fmt: skip
     except OSError as e:
         audit.close()
         raise UsageError(f"cannot open export: {e.filename or ''} {e.strerror}".strip()) from None

@@ -39,7 +39,7 @@ class Limits:
     """
 
     max_fids: int = 262_144  # per connection; past it, a new fid is EMFILE
-    max_inflight: int = 64  # per connection, at least 1; past it, reading pauses
+    max_inflight: int = 16  # per connection, at least 1; past it, reading pauses
     max_msize: int = DEFAULT_MAX_MSIZE  # per connection, at least 4096
     max_connections: int = 64  # per client; past it, a connection is refused
     ops_per_second: float = 0  # per client
