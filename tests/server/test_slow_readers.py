@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from p9share.client.raw import RawClient
 from p9share.protocol import messages as m
 from p9share.protocol.constants import DEFAULT_MAX_MSIZE
 from p9share.server.limits import Limits
+from p9share.server.transport import parse_address, peer_of
 
 from ..conftest import LiveServer
 from .test_limits import Audited
@@ -139,4 +141,35 @@ def test_flushed_and_pooled_replies_still_arrive_in_order(live: LiveServer) -> N
         if 10 + i in seen:  # a flushed read that ran: its reply comes before its Rflush
             assert seen.index(10 + i) < seen.index(50 + i)
     assert sorted(t for t in seen if t >= 50) == list(range(50, 58))
+    c.close()
+
+
+def test_thousands_of_queued_small_replies_arrive_whole_and_in_order(
+    live: LiveServer,
+) -> None:
+    """A reader that falls behind on small inline replies: they wait in the
+    output queue (more buffers than one sendmsg may carry) and all arrive.
+    Served over a socket pair with small buffers, so the queue surely grows."""
+    mine, theirs = socket.socketpair()
+    for s in (mine, theirs):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    live.server._start_connection(theirs, peer_of(theirs, parse_address("fd:0"), "pair"))
+    mine.settimeout(20)
+    c = RawClient(mine)
+    c.version(MSIZE)
+    c.attach(0, "")
+    n = 5000
+    frames = [m.Tgetattr(0, 0x7FF).encode(i) for i in range(n)]
+    sender = threading.Thread(target=mine.sendall, args=(b"".join(frames),))
+    sender.start()  # it blocks until the server reads on: while we do not read
+    time.sleep(0.5)  # the server answers into a full socket meanwhile
+    with live.server._lock:
+        (conn,) = [k for k in live.server._connections if k.sock is theirs]
+    assert len(conn._out) > 1024  # more than one sendmsg may carry
+    for i in range(n):
+        tag, r = c.recv()
+        assert tag == i and isinstance(r, m.Rgetattr)
+    sender.join()
+    assert isinstance(c.rpc(m.Tgetattr(0, 0x7FF)), m.Rgetattr)
     c.close()

@@ -35,6 +35,7 @@ pool serves everyone else. No lock is held across a blocking send.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import select
 import socket
@@ -60,6 +61,9 @@ POOLED_BYTES = 64 * 1024
 # bytes one recv may take beyond the current request (saves a syscall per request)
 READ_AHEAD = 64 * 1024
 
+
+# buffers the flusher hands one sendmsg (Linux's IOV_MAX is 1024)
+_IOV_MAX = 512
 
 # requests that act on the connection itself, not on files (see _dispatch)
 _CONTROL = frozenset({m.Tversion, m.Tflush})
@@ -185,7 +189,7 @@ class Connection:
                     self._room.notify_all()
                     resume = self._take_parked(all_of_them=True)
                     break
-                chunk = list(self._out)
+                chunk = list(itertools.islice(self._out, _IOV_MAX))
             try:
                 if self._direct:
                     sent = self.sock.sendmsg(chunk)
