@@ -62,6 +62,8 @@ POOLED_BYTES = 64 * 1024
 READ_AHEAD = 64 * 1024
 
 
+# seconds an idle flusher thread waits for more output before it ends
+FLUSHER_LINGER = 5.0
 # buffers the flusher hands one sendmsg (Linux's IOV_MAX is 1024)
 _IOV_MAX = 512
 
@@ -112,6 +114,7 @@ class Connection:
         self.peer = session.peer
         self._send_lock = threading.Lock()  # the output queue; never held across a blocking send
         self._room = threading.Condition(self._send_lock)  # the reader waits for output room
+        self._more = threading.Condition(self._send_lock)  # an idle flusher waits for output
         # encoded bytes not yet on the socket, in order, and their total
         self._out: deque[memoryview] = deque()
         self._out_bytes = 0
@@ -173,23 +176,38 @@ class Connection:
                 self._out.append(view[sent:])
                 self._out_bytes += len(view) - sent
                 sent = 0
-            if self._out and self._flusher is None:
-                self._flusher = threading.Thread(
-                    target=self._flush, daemon=True, name=f"p9share-send {self.peer}"
-                )
-                self._flusher.start()
+            if self._out:
+                if self._flusher is None:
+                    self._flusher = threading.Thread(
+                        target=self._flush, daemon=True, name=f"p9share-send {self.peer}"
+                    )
+                    self._flusher.start()
+                else:
+                    self._more.notify()
 
     def _flush(self) -> None:
         """The flusher thread: writes the output queue with the socket's send
-        timeout, holding no lock while it waits; ends when the queue is empty."""
+        timeout, holding no lock while it waits; ends when the queue has been
+        empty for FLUSHER_LINGER seconds (so that a TLS connection, whose
+        every reply goes through it, does not start a thread per reply)."""
         while True:
+            resume: list[tuple[int, m.Message]] = []
+            chunk: list[memoryview] = []
             with self._send_lock:
-                if self._closing or not self._out:
-                    self._flusher = None
+                if not self._out and not self._closing:
                     self._room.notify_all()
                     resume = self._take_parked(all_of_them=True)
+                    if not resume:
+                        self._more.wait(FLUSHER_LINGER)
+                if self._closing or (not self._out and not resume):
+                    self._flusher = None
+                    self._room.notify_all()
+                    resume += self._take_parked(all_of_them=True)
                     break
                 chunk = list(itertools.islice(self._out, _IOV_MAX))
+            if not chunk:  # only parked requests to run again
+                self._resume(resume)
+                continue
             try:
                 if self._direct:
                     sent = self.sock.sendmsg(chunk)
@@ -198,8 +216,7 @@ class Connection:
                     self.sock.sendall(data)
                     sent = len(data)
             except OSError as e:
-                timed_out = isinstance(e, BlockingIOError | TimeoutError)
-                self._fail_output(timed_out, e)
+                self._fail_output(isinstance(e, BlockingIOError | TimeoutError), e)
                 return
             with self._send_lock:
                 self._out_bytes -= sent
@@ -425,7 +442,11 @@ class Connection:
             self._discard_delayed()
             self._drain()
             with self._send_lock:
+                # replies already queued go out first (the send timeout bounds it)
+                while self._out and self._flusher is not None and not self._stopping:
+                    self._room.wait(1.0)
                 self._closing = True
+                self._more.notify_all()
                 flusher = self._flusher
             if flusher is not None:  # wake it from a blocked send, let it go first
                 try:
