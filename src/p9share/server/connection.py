@@ -168,6 +168,8 @@ class Connection:
                     log.debug("%s: send failed: %s", self.peer, e)
                     self._closing = True
                     return
+                if sent == sum(map(len, parts)):  # the common case: all of it
+                    return
             for p in parts:
                 view = memoryview(p).cast("B")
                 if sent >= len(view):
