@@ -245,8 +245,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"cannot open audit log {e.filename}: {e.strerror}") from None
     try:
-        server = Server(policy, msize=msize, limits=limits, audit=audit,
-                        auth_required=cfg.auth_required, metrics=bool(args.metrics))  # fmt: skip
+        server = Server(
+            policy, msize=msize, limits=limits, audit=audit, auth_required=cfg.auth_required,
+            max_connections=cfg.max_connections, metrics=bool(args.metrics),
+        )  # fmt: skip
     except OSError as e:
         audit.close()
         raise UsageError(f"cannot open export: {e.filename or ''} {e.strerror}".strip()) from None

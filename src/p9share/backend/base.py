@@ -225,7 +225,17 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def readdir(self, file: OpenFile, cookie: int) -> Iterator[DirEntry]:
-        """Entries after `cookie` (0 = from the start), '.' and '..' included."""
+        """Entries after `cookie` (0 = from the start), '.' and '..' first.
+
+        A cookie is opaque to the caller and stable for the directory (not
+        for the open file): a listing resumes from any cookie the backend
+        gave, in any open file of that directory. The iterator is lazy and
+        an open directory keeps no copy of its entries between calls (only
+        what one batch needs while it is being consumed): a guest holding
+        many open listings must not pin memory in proportion to their size.
+        Entries added or removed during a listing may or may not appear, as
+        for a local readdir; none appears twice. A cookie the backend never
+        gave yields nothing or an OSError, never a crash."""
 
     @abc.abstractmethod
     def fsync(self, file: OpenFile, datasync: bool) -> None: ...

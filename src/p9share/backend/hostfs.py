@@ -401,7 +401,7 @@ class _Using:
 class HostOpenFile(OpenFile):
     """An open host fd plus a reference to its node."""
 
-    __slots__ = ("busy", "closed", "fd", "flags", "is_dir", "lock", "node", "snapshot")
+    __slots__ = ("busy", "closed", "dir_lock", "dir_pos", "fd", "flags", "is_dir", "lock", "node")
 
     def __init__(self, fd: int, node: HostNode, flags: int, is_dir: bool) -> None:
         self.fd = fd
@@ -411,7 +411,9 @@ class HostOpenFile(OpenFile):
         self.lock = threading.Lock()
         self.busy = 0  # operations in progress; the fd closes when they end
         self.closed = False
-        self.snapshot: list[DirEntry] | None = None  # readdir listing
+        # a directory's listing reads fd itself: its offset, under dir_lock
+        self.dir_lock = threading.Lock() if is_dir else None
+        self.dir_pos = 0  # fd's offset after the last batch
 
     @property
     def writable(self) -> bool:
@@ -1113,41 +1115,63 @@ class HostBackend(Backend):
             return os.pwrite(f.fd, data, offset)
 
     def readdir(self, file: OpenFile, cookie: int) -> Iterator[DirEntry]:
+        # Streamed from the directory in batches of one getdents64 call: a
+        # listing holds no memory between requests. Cookies are the kernel's
+        # own d_off values (what telldir gives), which lseek takes back on the
+        # same directory, so a listing resumes where it stopped even in a
+        # fresh open file, and entries added or removed meanwhile behave as
+        # for a local readdir. A d_off is signed; the wire carries it as u64.
         with self._using(file) as f:
             if not f.is_dir:
                 _fail(errno.ENOTDIR)
-            snap = f.snapshot
-            if cookie == 0 or snap is None:
-                snap = self._snapshot(f)
-                with f.lock:
-                    f.snapshot = snap
-        # Cookies are positions in the snapshot; a stale or foreign cookie
-        # past its end simply yields nothing.
-        entries = snap
-        return (entries[i] for i in range(max(cookie, 0), len(entries)))
+        if not 0 <= cookie < 1 << 64:
+            return iter(())
+        return self._readdir_from(f, cookie)
 
-    def _snapshot(self, f: HostOpenFile) -> list[DirEntry]:
+    def _readdir_from(self, f: HostOpenFile, cookie: int) -> Iterator[DirEntry]:
+        """'.' and '..' first (with cookies no kernel position has: the top
+        bit set), then the directory's own entries a batch at a time, no lock
+        held across a yield."""
+        if cookie in (0, _AFTER_DOT):
+            if cookie == 0:
+                yield DirEntry(
+                    Qid(int(QidType.DIR), 0, f.node.inode.qpath), _AFTER_DOT, DT_DIR, "."
+                )
+            yield DirEntry(self._parent_qid(f), _AFTER_DOTS, DT_DIR, "..")
+        pos = 0 if cookie in (0, _AFTER_DOT, _AFTER_DOTS) else cookie
+        while pos >= 0:
+            batch, pos = self._dir_batch(f, pos)
+            yield from batch
+
+    def _dir_batch(self, f: HostOpenFile, pos: int) -> tuple[list[DirEntry], int]:
+        """The entries of one getdents64 call from position pos, and the
+        position after them (-1 at the end of the directory)."""
+        with self._using(f):
+            assert f.dir_lock is not None
+            with f.dir_lock:
+                if f.dir_pos != pos:  # a sequential listing needs no seek
+                    f.dir_pos = -1  # unknown until the seek and the read succeed
+                    os.lseek(f.fd, pos - (1 << 64) if pos > _INT64_MAX else pos, os.SEEK_SET)
+                    raw = _read_dir(f.fd, pos)
+                else:
+                    f.dir_pos = -1
+                    raw = _read_dir(f.fd, pos)
+                end = raw[-1][2] if raw else -1
+                f.dir_pos = end
+            entries = self._dir_entries(f, raw)
+        return entries, end
+
+    def _dir_entries(
+        self, f: HostOpenFile, raw: list[tuple[bytes, int, int, int]]
+    ) -> list[DirEntry]:
         ino = f.node.inode
-        dirq = Qid(int(QidType.DIR), 0, ino.qpath)
-        # A fresh open file description: its own offset, so listing never
-        # disturbs (or races with) anything else using f.fd.
-        lfd = os.open(".", _O_READDIR, dir_fd=f.fd)
-        try:
-            if ino.key == self._root.key:
-                upq = Qid(int(QidType.DIR), 0, self._root.qpath)
-            else:
-                try:
-                    upq = self._qid_of(os.stat("..", dir_fd=lfd, follow_symlinks=False))
-                except OSError:
-                    upq = dirq  # a removed directory has no parent
-            raw = _list_dir(lfd)
-        finally:
-            os.close(lfd)
-        entries = [DirEntry(dirq, 1, DT_DIR, "."), DirEntry(upq, 2, DT_DIR, "..")]
         with self._lock:
             idx = self._dev_index_locked(ino.dev)
+        out: list[DirEntry] = []
         skipped = 0
-        for bname, d_ino, dtype in raw:
+        for bname, d_ino, d_off, dtype in raw:
+            if bname in (b".", b".."):
+                continue  # given first, by _readdir_from
             try:
                 name = bname.decode("utf-8")
             except UnicodeDecodeError:
@@ -1158,7 +1182,7 @@ class HostBackend(Backend):
             else:
                 qpath = self._qpath(ino.dev, d_ino)
             qtype = _QT_DIR if dtype == DT_DIR else _QT_SYMLINK if dtype == DT_LNK else _QT_FILE
-            entries.append(DirEntry(Qid(qtype, 0, qpath), len(entries) + 1, dtype, name))
+            out.append(DirEntry(Qid(qtype, 0, qpath), d_off, dtype, name))
         if skipped:
             with self._lock:
                 first = ino.key not in self._warned_dirs
@@ -1170,7 +1194,17 @@ class HostBackend(Backend):
                     ino.dev,
                     ino.ino,
                 )
-        return entries
+        return out
+
+    def _parent_qid(self, f: HostOpenFile) -> Qid:
+        """'..' of a listing: the export root is its own parent."""
+        ino = f.node.inode
+        if ino.key == self._root.key:
+            return Qid(int(QidType.DIR), 0, self._root.qpath)
+        try:
+            return self._qid_of(os.stat("..", dir_fd=f.fd, follow_symlinks=False))
+        except OSError:
+            return Qid(int(QidType.DIR), 0, ino.qpath)  # a removed directory has no parent
 
     def fsync(self, file: OpenFile, datasync: bool) -> None:
         with self._using(file) as f:
@@ -1428,6 +1462,45 @@ def _list_dir(fd: int) -> list[tuple[bytes, int, int]]:
             off += reclen
             if name not in (b".", b".."):
                 out.append((name, d_ino, dtype))
+
+
+_DIR_BATCH = 32 * 1024  # getdents64 buffer of one readdir batch (about 500 entries)
+# readdir cookies after '.' and after '..': kernel d_off values are signed
+# 64-bit positions, never these (see HostBackend.readdir)
+_AFTER_DOT = (1 << 63) + 1
+_AFTER_DOTS = (1 << 63) + 2
+
+
+def _read_dir(fd: int, pos: int) -> list[tuple[bytes, int, int, int]]:
+    """(name, d_ino, d_off, d_type) of the entries one getdents64 call gives
+    from fd's offset ('.' and '..' included); [] at the end. Without
+    getdents64 (no d_off), positions are ordinals of a scandir pass."""
+    if _c_getdents64 is None:
+        return _read_dir_scandir(fd, pos)
+    buf = ctypes.create_string_buffer(_DIR_BATCH)
+    n = int(_c_getdents64(fd, buf, len(buf)))
+    if n < 0 and ctypes.get_errno() == errno.ENOENT:
+        return []  # the directory was removed: it is empty
+    n = _check_libc(n)
+    data = ctypes.string_at(buf, n)
+    out: list[tuple[bytes, int, int, int]] = []
+    off = 0
+    while off < n:
+        d_ino, d_off, reclen, dtype = _DIRENT.unpack_from(data, off)
+        start = off + _DIRENT.size
+        name = data[start : data.index(b"\0", start)]
+        out.append((name, d_ino, d_off & 0xFFFF_FFFF_FFFF_FFFF, dtype))
+        off += reclen
+    return out
+
+
+def _read_dir_scandir(fd: int, pos: int) -> list[tuple[bytes, int, int, int]]:
+    """The fallback's batch: entries pos+1.. of a fresh scandir pass."""
+    out: list[tuple[bytes, int, int, int]] = []
+    for i, (name, d_ino, dtype) in enumerate(_list_dir_scandir(fd), start=1):
+        if i > pos and len(out) < 512:
+            out.append((name, d_ino, i, dtype))
+    return out
 
 
 def _list_dir_scandir(fd: int) -> list[tuple[bytes, int, int]]:

@@ -60,6 +60,7 @@ class Config:
     auth_required: bool = False
     limits: Mapping[str, Any] = field(default_factory=dict)  # defaults for every client
     key_files: list[str] = field(default_factory=list)  # read again on reload
+    max_connections: int = 128  # served at once by the whole server (0: no cap)
 
 
 KeyLoader = Callable[[str], tuple[str, bytes]]  # path -> (key id, secret)
@@ -191,6 +192,7 @@ def _server(r: _Reader, cfg: Config) -> None:
     cfg.msize = r.integer("msize", None, 4096, 16 * 1024 * 1024)
     cfg.audit_log = r.get("audit_log", str)
     cfg.auth_required = r.get("auth_required", bool, False)
+    cfg.max_connections = r.integer("max_connections", cfg.max_connections, 0, 1_000_000) or 0
     user, group = r.get("user", (str, int)), r.get("group", (str, int))
     cfg.sandbox = SandboxSettings(
         str(user) if user is not None else None,

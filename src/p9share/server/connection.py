@@ -19,11 +19,23 @@ stops reading until a reply goes out. An error reply instead would reach the
 guest's applications as a failed read or write (Linux does not retry), while
 waiting costs a well-behaved guest only latency, and TCP's window then stops
 a hostile one from sending more, so its memory stays bounded either way.
+
+Output never blocks a shared thread. A reply is written at once without
+waiting (MSG_DONTWAIT) when nothing is queued before it; what the socket
+does not take goes on the connection's output queue, which a per-connection
+flusher thread writes with a kernel send timeout (SO_SNDTIMEO = the
+send_timeout limit): a peer that takes nothing for that long is closed and
+audited. While the queue holds more than its budget (one msize) the reader
+reads no further request and a pooled request waits (parked, off the pool)
+until the flusher has made room, so a connection that does not read pins at
+most about one msize of replies per worker and its budget, and the shared
+pool serves everyone else. No lock is held across a blocking send.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import select
 import socket
@@ -39,6 +51,7 @@ from ..protocol.constants import HEADER_SIZE, NOTAG
 from ..protocol.wire import U32
 from .limits import ClientMeter, LimitReporter, Limits
 from .session import Session
+from .tls import TlsSocket
 
 log = logging.getLogger("p9share.server")
 
@@ -48,6 +61,11 @@ POOLED_BYTES = 64 * 1024
 # bytes one recv may take beyond the current request (saves a syscall per request)
 READ_AHEAD = 64 * 1024
 
+
+# seconds an idle flusher thread waits for more output before it ends
+FLUSHER_LINGER = 5.0
+# buffers the flusher hands one sendmsg (Linux's IOV_MAX is 1024)
+_IOV_MAX = 512
 
 # requests that act on the connection itself, not on files (see _dispatch)
 _CONTROL = frozenset({m.Tversion, m.Tflush})
@@ -94,7 +112,19 @@ class Connection:
         self.proto: ServerConnection = session.proto
         self.pool = pool
         self.peer = session.peer
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # the output queue; never held across a blocking send
+        self._room = threading.Condition(self._send_lock)  # the reader waits for output room
+        self._more = threading.Condition(self._send_lock)  # an idle flusher waits for output
+        # encoded bytes not yet on the socket, in order, and their total
+        self._out: deque[memoryview] = deque()
+        self._out_bytes = 0
+        self._flusher: threading.Thread | None = None
+        # pooled requests waiting for output room, off the pool: (tag, msg)
+        self._parked: deque[tuple[int, m.Message]] = deque()
+        # a TLS socket encrypts in its own sendall: always through the queue
+        self._direct = not isinstance(sock, TlsSocket)
+        self._started = time.monotonic()
+        self._ever_attached = False
         self._state = threading.Condition()
         self._inflight: dict[int, list[int]] = {}  # tag -> tags of Tflushes waiting for it
         self._flush_tags: set[int] = set()  # tags of those waiting Tflushes
@@ -108,6 +138,7 @@ class Connection:
         self._stopping = False  # close() was called: stop waiting for room
         self._closing = False
         self._set_fid_limit(limits.max_fids)
+        self._set_send_timeout(limits.send_timeout)
         # read-ahead buffer: bytes [_rstart, _rend) are received, not yet framed
         self._rbuf = bytearray(READ_AHEAD)
         self._rview = memoryview(self._rbuf)
@@ -117,6 +148,8 @@ class Connection:
 
     # --------------------------------------------------------------- output --
     def _send(self, tag: int, reply: m.Message) -> None:
+        """Send a reply without ever waiting for the peer: what the socket does
+        not take at once is queued for the flusher thread."""
         try:
             parts = self.proto.encode(tag, reply)
         except (ValueError, struct.error):  # a value the wire cannot carry: a server bug
@@ -125,13 +158,150 @@ class Connection:
         with self._send_lock:
             if self._closing:
                 return
+            sent = 0
+            if self._direct and not self._out:
+                try:
+                    sent = self.sock.sendmsg(parts, (), socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as e:
+                    log.debug("%s: send failed: %s", self.peer, e)
+                    self._closing = True
+                    return
+                if sent == sum(map(len, parts)):  # the common case: all of it
+                    return
+            for p in parts:
+                view = memoryview(p).cast("B")
+                if sent >= len(view):
+                    sent -= len(view)
+                    continue
+                self._out.append(view[sent:])
+                self._out_bytes += len(view) - sent
+                sent = 0
+            if self._out:
+                if self._flusher is None:
+                    self._flusher = threading.Thread(
+                        target=self._flush, daemon=True, name=f"p9share-send {self.peer}"
+                    )
+                    self._flusher.start()
+                else:
+                    self._more.notify()
+
+    def _flush(self) -> None:
+        """The flusher thread: writes the output queue with the socket's send
+        timeout, holding no lock while it waits; ends when the queue has been
+        empty for FLUSHER_LINGER seconds (so that a TLS connection, whose
+        every reply goes through it, does not start a thread per reply)."""
+        while True:
+            resume: list[tuple[int, m.Message]] = []
+            chunk: list[memoryview] = []
+            with self._send_lock:
+                if not self._out and not self._closing:
+                    self._room.notify_all()
+                    resume = self._take_parked(all_of_them=True)
+                    if not resume:
+                        self._more.wait(FLUSHER_LINGER)
+                if self._closing or (not self._out and not resume):
+                    self._flusher = None
+                    self._room.notify_all()
+                    resume += self._take_parked(all_of_them=True)
+                    break
+                chunk = list(itertools.islice(self._out, _IOV_MAX))
+            if not chunk:  # only parked requests to run again
+                self._resume(resume)
+                continue
             try:
-                sent = self.sock.sendmsg(parts)
-                if sent < sum(map(len, parts)):  # rare: a signal or a full buffer split it
-                    self.sock.sendall(b"".join(bytes(p) for p in parts)[sent:])
+                if self._direct:
+                    sent = self.sock.sendmsg(chunk)
+                else:
+                    data = b"".join(chunk)
+                    self.sock.sendall(data)
+                    sent = len(data)
             except OSError as e:
-                log.debug("%s: send failed: %s", self.peer, e)
-                self._closing = True
+                self._fail_output(isinstance(e, BlockingIOError | TimeoutError), e)
+                return
+            with self._send_lock:
+                self._out_bytes -= sent
+                while sent:
+                    head = self._out[0]
+                    if len(head) <= sent:
+                        sent -= len(head)
+                        self._out.popleft()
+                    else:
+                        self._out[0] = head[sent:]
+                        sent = 0
+                self._room.notify_all()
+                resume = self._take_parked(all_of_them=False)
+            self._resume(resume)
+        self._resume(resume)
+
+    def _over_budget(self) -> bool:
+        """Whether the output queue is full (caller holds _send_lock)."""
+        return self._out_bytes > self.proto.msize
+
+    def _take_parked(self, all_of_them: bool) -> list[tuple[int, m.Message]]:
+        """Parked requests that may run now (caller holds _send_lock)."""
+        if not self._parked or (not all_of_them and self._over_budget()):
+            return []
+        out = list(self._parked)
+        self._parked.clear()
+        return out
+
+    def _resume(self, parked: list[tuple[int, m.Message]]) -> None:
+        for tag, msg in parked:
+            if self._closing:
+                self._forget(tag)
+            else:
+                self._submit(tag, msg)
+
+    def _fail_output(self, timed_out: bool, e: OSError) -> None:
+        """The peer took nothing within the send timeout (or the socket
+        failed): drop the output and close the connection."""
+        with self._send_lock:
+            self._closing = True
+            self._out.clear()
+            self._out_bytes = 0
+            self._flusher = None
+            self._room.notify_all()
+            parked = list(self._parked)
+            self._parked.clear()
+        for tag, _ in parked:
+            self._forget(tag)
+        if timed_out:
+            reason = f"peer took no reply data for {self.limits.send_timeout:g} s"
+            log.warning("%s: closing: %s", self.peer, reason)
+            self.reporter.hit("send_timeout", "closed", reason=reason)
+        else:
+            log.debug("%s: send failed: %s", self.peer, e)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # the reader sees EOF
+        except OSError:
+            pass
+
+    def _forget(self, tag: int) -> None:
+        """Free the tag of a request that will not run (the connection is closing)."""
+        with self._state:
+            self._inflight.pop(tag, None)
+            self._state.notify_all()
+
+    def _wait_for_room(self) -> bool:
+        """Before reading another request: wait while the output queue is over
+        its budget (the flusher's send timeout bounds the wait). False if the
+        connection is closing."""
+        with self._send_lock:
+            while self._over_budget() and not self._closing and not self._stopping:
+                self._room.wait(1.0)
+            return not self._closing
+
+    def _set_send_timeout(self, seconds: float) -> None:
+        """The kernel's send timeout (SO_SNDTIMEO): only the flusher thread
+        makes blocking sends, and it gives up after this long without progress."""
+        whole = int(seconds)
+        tv = struct.pack("@ll", whole, int((seconds - whole) * 1e6))
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        except OSError:  # not a socket we can set it on: the flusher may then wait longer
+            log.debug("%s: cannot set a send timeout", self.peer)
 
     # ---------------------------------------------------------------- input --
     def _wait_readable(self, deadline: float) -> bool:
@@ -170,16 +340,33 @@ class Connection:
         return True
 
     def _await_request(self) -> None:
-        """Wait for the next request's first byte; with an idle timeout, a
-        connection with no request for that long and none in flight is closed."""
-        idle = self.limits.idle_timeout
-        if not idle:
-            return
-        while not self._wait_readable(time.monotonic() + idle):
-            with self._state:
-                busy = bool(self._inflight)
-            if not busy:
-                raise _LimitClose("idle_timeout", f"no request for {idle:g} s")
+        """Wait for the next request's first byte. With an idle timeout, a
+        connection with no request for that long and none in flight is
+        closed; with an attach timeout, one that has attached nothing that
+        long after connecting is closed."""
+        while True:
+            idle = self.limits.idle_timeout
+            attach = 0.0 if self._attached() else self.limits.attach_timeout
+            if not idle and not attach:
+                return
+            now = time.monotonic()
+            attach_due = self._started + attach
+            deadline = min(now + idle if idle else attach_due, attach_due if attach else now + idle)
+            if self._wait_readable(deadline):
+                return
+            if attach and time.monotonic() >= attach_due and not self._attached():
+                raise _LimitClose("attach_timeout", f"nothing attached within {attach:g} s")
+            if idle and time.monotonic() >= now + idle:
+                with self._state:
+                    busy = bool(self._inflight)
+                if not busy:
+                    raise _LimitClose("idle_timeout", f"no request for {idle:g} s")
+
+    def _attached(self) -> bool:
+        """Whether the session has attached an export since the connection began."""
+        if not self._ever_attached and self.session.exports_attached:
+            self._ever_attached = True
+        return self._ever_attached
 
     def _read_frame(self) -> memoryview | FatalError | None:
         # One recv of up to READ_AHEAD bytes usually brings a whole request
@@ -187,10 +374,17 @@ class Connection:
         # next call. Each frame gets its own buffer: handlers keep slices of it.
         rbuf = self._rbuf
         if self._rstart == self._rend:
-            if self.limits.idle_timeout:
-                self._await_request()
             self._rstart = 0
-            self._rend = self.sock.recv_into(self._rview)
+            if self.limits.idle_timeout or (self.limits.attach_timeout and not self._ever_attached):
+                # what has arrived is taken at once: a TLS socket may hold a
+                # whole request already read off the wire, which poll cannot see
+                try:
+                    self._rend = self.sock.recv_into(self._rview, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    self._await_request()
+                    self._rend = self.sock.recv_into(self._rview)
+            else:
+                self._rend = self.sock.recv_into(self._rview)
             if self._rend == 0:
                 return None
         start, avail = self._rstart, self._rend - self._rstart
@@ -250,7 +444,18 @@ class Connection:
             self._discard_delayed()
             self._drain()
             with self._send_lock:
+                # replies already queued go out first (the send timeout bounds it)
+                while self._out and self._flusher is not None and not self._stopping:
+                    self._room.wait(1.0)
                 self._closing = True
+                self._more.notify_all()
+                flusher = self._flusher
+            if flusher is not None:  # wake it from a blocked send, let it go first
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                flusher.join(5)
             self.session.reset()
             try:
                 self.sock.close()
@@ -260,6 +465,8 @@ class Connection:
 
     def _loop(self) -> None:
         while not self._closing:
+            if self._out_bytes > self.proto.msize and not self._wait_for_room():
+                return  # the peer does not read its replies: the flusher closed it
             frame = self._read_frame()
             if frame is None:
                 return
@@ -359,6 +566,7 @@ class Connection:
         request). Fids already held stay even past the new max_fids; the
         negotiated msize stays (the server caps a later Tversion's)."""
         self._set_fid_limit(limits.max_fids)
+        self._set_send_timeout(limits.send_timeout)
         with self._state:  # waiters for room under max_inflight look again
             self.limits = limits
             self.meter = meter
@@ -449,6 +657,13 @@ class Connection:
             return tag in self._inflight or tag in self._flush_tags
 
     def _run_pooled(self, tag: int, msg: m.Message) -> None:
+        if self.pool is not None:
+            with self._send_lock:
+                if self._over_budget() and not self._closing:
+                    # its reply would only wait in the queue: give the worker
+                    # back; the flusher resubmits it when there is room
+                    self._parked.append((tag, msg))
+                    return
         try:
             reply = self.session.handle(msg)
         except BaseException:  # handle() answers errors itself; this is a last resort

@@ -31,12 +31,15 @@ class Limits:
     The defaults never disturb a normal Linux guest: its client keeps a fid
     per cached dentry, so a guest that walks a large tree holds tens of
     thousands of fids; 262,144 is far above that yet bounds the memory one
-    connection can pin. A mounted guest may be idle for hours, so there is
-    no idle timeout by default.
+    connection can pin. A mounted guest may be idle for hours and Linux's
+    9P client never reconnects, so there is no idle timeout by default;
+    instead a connection that has attached nothing within attach_timeout
+    (a port scanner, a connection flood) is closed, and one whose peer stops
+    taking its replies is closed after send_timeout.
     """
 
     max_fids: int = 262_144  # per connection; past it, a new fid is EMFILE
-    max_inflight: int = 64  # per connection, at least 1; past it, reading pauses
+    max_inflight: int = 16  # per connection, at least 1; past it, reading pauses
     max_msize: int = DEFAULT_MAX_MSIZE  # per connection, at least 4096
     max_connections: int = 64  # per client; past it, a connection is refused
     ops_per_second: float = 0  # per client
@@ -45,6 +48,8 @@ class Limits:
     bytes_burst: float = 0  # 0: one second's worth
     idle_timeout: float = 0  # seconds with no request and none in flight
     header_timeout: float = 30.0  # seconds for a message from its first byte to its last
+    send_timeout: float = 60.0  # seconds a reply may wait for the peer to take any of it
+    attach_timeout: float = 60.0  # seconds from connecting to the first attach
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -82,6 +82,11 @@ class _Counted:
     meter: ClientMeter
 
 
+# connections (each a reader thread, and at most a throttle and a flusher
+# thread more) the whole server serves at once, TLS handshakes included
+DEFAULT_MAX_CONNECTIONS = 128
+
+
 def _rate_meter(limits: Limits, meter: ClientMeter) -> ClientMeter | None:
     """The meter a connection charges, None when there are no rates to keep."""
     return meter if limits.ops_per_second or limits.bytes_per_second else None
@@ -102,11 +107,19 @@ class Server:
         keyring: Keyring | None = None,
         auth_required: bool = False,
         metrics: bool = False,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         """dispatch: "hybrid" (the default: inline, slow requests pooled),
         "inline" (no pool) or "pool" (every request pooled); the last two exist
         to measure the choice. limits: the defaults of every client (a
-        policy's client can override them). keyring, auth_required: see Session."""
+        policy's client can override them). keyring, auth_required: see Session.
+        max_connections: connections served at once by the whole server,
+        whoever the clients are (0: no cap); past it a connection is refused."""
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise ValueError(f"max_connections must be an integer, not {max_connections!r}")
+        if max_connections < 0:
+            raise ValueError("max_connections must not be negative")
+        self.max_connections = max_connections
         self._own_keyring = keyring  # given by the caller, not by the policy
         if keyring is None and policy.keys:
             keyring = _keyring_of(policy)
@@ -250,15 +263,17 @@ class Server:
         the peer matches by transport; under the open policy (or before a key
         is proven) the Unix peer's uid, the TCP source address, else the
         listener. A key proven at a Tattach moves the connection to its
-        client (see _identified)."""
+        client (see _identified).
+
+        Unidentified network peers share one bucket per listener: counted by
+        source address, a local user with the 127.0.0.0/8 aliases (or a
+        guest behind NAT with many addresses) would multiply its share."""
         client = self.policy.identify(peer)
         if client is not None and self.policy.clients is not None:
             return client.name
         if peer.uid is not None:
             return f"uid:{peer.uid}"
-        if peer.address is not None:
-            return peer.address
-        return peer.listener
+        return f"unidentified:{peer.listener}"
 
     def limits_for(self, client: str) -> Limits:
         """The limits of a client (by client_name): the policy's client's own
@@ -333,7 +348,12 @@ class Server:
             sock.close()
             return
         with self._lock:
-            self._handshaking.add(tls_sock)
+            full = self._at_capacity()
+            if not full:
+                self._handshaking.add(tls_sock)
+        if full:
+            self._refuse_over_capacity(tls_sock, f"{addr}<-{source}")
+            return
 
         def run() -> None:
             try:
@@ -362,7 +382,27 @@ class Server:
         with self._reload_lock:  # a reload never misses a session being made
             self._admit(sock, peer, oneshot)
 
+    def _at_capacity(self) -> bool:
+        """Whether the server serves max_connections already (caller holds _lock)."""
+        cap = self.max_connections
+        return bool(cap) and len(self._connections) + len(self._handshaking) >= cap
+
+    def _refuse_over_capacity(self, sock: socket.socket, who: str) -> None:
+        log.warning("%s: refused: the server serves %d connections already", who,
+                    self.max_connections)  # fmt: skip
+        held_back = self._refusals.allow("(server)")
+        if held_back is not None:
+            self.audit.emit("refused", peer=who, limit="server max_connections",
+                            max=self.max_connections,
+                            **({"suppressed_since": held_back} if held_back else {}))  # fmt: skip
+        sock.close()
+
     def _admit(self, sock: socket.socket, peer: Peer, oneshot: bool) -> None:
+        with self._lock:
+            full = self._at_capacity()
+        if full:
+            self._refuse_over_capacity(sock, str(peer))
+            return
         if not self.policy.admits(peer):
             log.warning("%s: refused: no client matches this connection", peer)
             self.audit.emit("refused", peer=str(peer), reason="no client matches")
