@@ -59,6 +59,7 @@ class Fid:
     setid_checked: bool = False  # setuid/setgid bits already dropped for this open file
     auth: AuthExchange | None = None  # the exchange of an AUTH fid
     auth_key: str | None = None  # key id that authenticated the attach this fid descends from
+    xattr_charge: int = 0  # bytes of xattr buffer counted against the table's budget
     # bookkeeping
     users: int = 0
     clunked: bool = False
@@ -69,6 +70,10 @@ class Fid:
             self.backend.close(file)
         self.backend.release(self.node)
 
+
+# what one connection's xattr fids may hold at once (values read, values
+# being written): the Linux client uses one at a time, each at most 64 KiB
+XATTR_BUDGET = 4 << 20
 
 # stripes of the fid state locks: fids whose numbers share one only wait for
 # each other's opens, creates and clunks, which take microseconds
@@ -81,6 +86,7 @@ class FidTable:
         self._lock = threading.Lock()
         self._state_locks = tuple(threading.Lock() for _ in range(_STATE_STRIPES))
         self._max_fids = 0  # 0: no limit
+        self.xattr_bytes = 0  # held by xattr fids, at most XATTR_BUDGET
         self._on_limit: Callable[[], None] | None = None
 
     def set_limit(self, max_fids: int, on_limit: Callable[[], None] | None = None) -> None:
@@ -114,10 +120,28 @@ class FidTable:
         with self._lock:
             return self._fids.get(num)
 
+    def charge_xattr(self, f: Fid, nbytes: int) -> None:
+        """Count an xattr fid's buffer against the budget, or ENOMEM."""
+        with self._lock:
+            if self.xattr_bytes + nbytes > XATTR_BUDGET:
+                raise OSError(errno.ENOMEM, f"xattr buffers of this connection would exceed "
+                                            f"{XATTR_BUDGET} bytes: clunk some xattr fids")  # fmt: skip
+            self.xattr_bytes += nbytes
+            f.xattr_charge += nbytes
+
+    def uncharge_xattr(self, f: Fid) -> None:
+        """Give back f's charge (a fid that never made it into the table)."""
+        with self._lock:
+            self.xattr_bytes = max(0, self.xattr_bytes - f.xattr_charge)
+            f.xattr_charge = 0
+
     def release(self, f: Fid) -> None:
         with self._lock:
             f.users -= 1
             done = f.clunked and f.users == 0
+            if done:
+                self.xattr_bytes = max(0, self.xattr_bytes - f.xattr_charge)
+                f.xattr_charge = 0
         if done:
             f.release_resources()
 
@@ -176,4 +200,8 @@ class FidTable:
             self._fids.clear()
             for f in fids:
                 f.clunked = True
-            return [f for f in fids if f.users == 0]
+            idle = [f for f in fids if f.users == 0]
+            for f in idle:
+                self.xattr_bytes = max(0, self.xattr_bytes - f.xattr_charge)
+                f.xattr_charge = 0
+            return idle

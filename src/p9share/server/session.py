@@ -666,14 +666,16 @@ class Session(ClassicHandlers):
                 kind=FidKind.XATTR_READ, xattr_value=value, rights=f.rights, path=f.path,
                 auth_key=f.auth_key,
             )  # fmt: skip
-            if onto_itself:
-                self.fids.replace(f, new)
-            else:
-                try:
+            try:
+                self.fids.charge_xattr(new, len(value))  # the value stays until the clunk
+                if onto_itself:
+                    self.fids.replace(f, new)
+                else:
                     self.fids.add(new)
-                except OSError:
-                    f.backend.release(new.node)
-                    raise
+            except OSError:
+                self.fids.uncharge_xattr(new)
+                f.backend.release(new.node)
+                raise
             return m.Rxattrwalk(len(value))
         finally:
             if onto_itself:
@@ -687,6 +689,7 @@ class Session(ClassicHandlers):
             self._need_node(f)
             self._need_unopened(f)
             self.ops.check_xattr_set(f, msg.name, msg.attr_size, msg.flags)
+            self.fids.charge_xattr(f, msg.attr_size)  # the value arrives before the clunk
             f.kind = FidKind.XATTR_WRITE
             f.xattr_write = XattrWrite(msg.name, msg.attr_size, msg.flags, bytearray())
             return m.Rxattrcreate()
