@@ -142,6 +142,7 @@ def self_sandbox(cfg: Config, args: argparse.Namespace, audit: AuditLog) -> None
     service account or, for a root server, only a file server's
     capabilities). Prints and audits what was done; UsageError if it cannot
     be done as configured."""
+    from .security import seccomp
     from .security.sandbox import SandboxConfig, SandboxError, apply_sandbox, probe_open
 
     mode = args.landlock or cfg.sandbox.landlock
@@ -166,6 +167,7 @@ def self_sandbox(cfg: Config, args: argparse.Namespace, audit: AuditLog) -> None
         keep_root_caps=user is None and os.geteuid() == 0,
         required=mode == "required",
         landlock=mode != "off",
+        seccomp=args.seccomp or cfg.sandbox.seccomp,
     )
     try:
         report = apply_sandbox(sc)
@@ -175,16 +177,25 @@ def self_sandbox(cfg: Config, args: argparse.Namespace, audit: AuditLog) -> None
     if not report.landlock:
         print(f"p9share: warning: no Landlock ({report.landlock_reason}): a server bug "
               "could reach any file this account can", file=sys.stderr)  # fmt: skip
+    if not report.seccomp:
+        print(f"p9share: warning: no system-call filter ({report.seccomp_reason}): a server "
+              "bug could make any system call this account can", file=sys.stderr)  # fmt: skip
     for note in report.notes:
         print(f"p9share: sandbox note: {note}", file=sys.stderr)
     audit.emit("sandbox", summary=report.summary(), landlock=report.landlock,
-               notes=report.notes)  # fmt: skip
+               seccomp=report.seccomp, seccomp_reason=report.seccomp_reason,
+               seccomp_allowed=report.seccomp_allowed, notes=report.notes)  # fmt: skip
     # test hook: prove from inside the process what it can still open
     probe = os.environ.get("P9SHARE_SANDBOX_PROBE")
     if probe:
         for path, result in probe_open(probe.split(os.pathsep)).items():
             print(f"p9share: sandbox probe {path}: {result}", file=sys.stderr)
             audit.emit("sandbox", probe=path, result=result)
+    calls = os.environ.get("P9SHARE_SECCOMP_PROBE")  # e.g. "execve,ptrace,mount"
+    if calls:
+        for name, result in seccomp.probe(calls.split(",")).items():
+            print(f"p9share: sandbox probe {name}(): {result}", file=sys.stderr)
+            audit.emit("sandbox", probe=f"{name}()", result=result)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -306,6 +317,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "root keeps only a file server's capabilities)")  # fmt: skip
     s.add_argument("--landlock", choices=["auto", "required", "off"],
                    help="confine the server to its exports (default auto: where available)")  # fmt: skip
+    s.add_argument("--seccomp", choices=["auto", "required", "off"],
+                   help="filter the server's system calls (default auto: where available)")  # fmt: skip
     s.set_defaults(func=cmd_serve)
     cc = sub.add_parser("check-config", help="validate a policy file without serving")
     cc.add_argument("file", metavar="FILE")
