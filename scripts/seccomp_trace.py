@@ -3,7 +3,8 @@
 
     strace -f -qq -s 48 -o TRACE <anything that starts `p9share serve`>
     python scripts/seccomp_trace.py analyse TRACE... [--compare]
-    python scripts/seccomp_trace.py drive OUTDIR    # a traced server driven by a workload
+    python scripts/seccomp_trace.py drive OUTDIR [--seccomp required]
+                                       # a traced server driven by a workload
 
 A server is recognised in the trace by its start-up line `p9share: sandbox: ...`
 (written to stderr right after the sandbox, where the filter is installed).
@@ -186,7 +187,7 @@ def _pki(d: Path) -> None:
              "-extensions", ext, "-out", f"{name}.pem")  # fmt: skip
 
 
-def drive(outdir: str) -> int:
+def drive(outdir: str, seccomp: str = "off") -> int:
     import socket
 
     out = Path(outdir)
@@ -203,6 +204,7 @@ def drive(outdir: str) -> int:
     port, tls_port = ports
     _pki(d)
     (d / "pass" / "hello").write_text("hello\n")
+    (d / "hello").write_text("hello\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     p9 = [sys.executable, "-m", "p9share"]
     subprocess.run([*p9, "keygen", "--id", "keyed", "-o", str(d / "keyed.key")], env=env,
@@ -210,12 +212,17 @@ def drive(outdir: str) -> int:
     (d / "policy.toml").write_text(POLICY.format(d=d, port=port, tls_port=tls_port))
     trace = out / "serve.trace"
     cmd = ["strace", "-f", "-qq", "-s", "48", "-o", str(trace), sys.executable, "-m",
-           "p9share", "serve", "--config", str(d / "policy.toml"), "--seccomp", "off"]  # fmt: skip
-    srv = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    assert srv.stderr is not None
-    for line in srv.stderr:
-        if line.startswith("p9share: serving on tcp"):
-            break
+           "p9share", "serve", "--config", str(d / "policy.toml"), "--seccomp", seccomp]  # fmt: skip
+    log = out / "serve.log"  # a file, not a pipe: a full pipe would stop the server
+    with open(log, "w") as fh:
+        srv = subprocess.Popen(cmd, env=env, stderr=fh)
+    deadline = time.monotonic() + 120
+    while "p9share: serving on tcp" not in log.read_text():
+        if srv.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the traced server did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+    # signals go to the server, not to strace
+    pid = int(Path(f"/proc/{srv.pid}/task/{srv.pid}/children").read_text().split()[0])
     tcp, unix = f"tcp:127.0.0.1:{port}", f"unix:{d}/rw.sock"
 
     def run(*args: str) -> None:
@@ -242,10 +249,16 @@ def drive(outdir: str) -> int:
     run("ls", "-l", "--aname", "pass", *tls, f"--key={d}/keyed.key", f"tls:127.0.0.1:{tls_port}")
     run("cat", "--aname", "pass", *tls, f"--key={d}/keyed.key", f"tls:127.0.0.1:{tls_port}",
         "/hello")  # fmt: skip
-    srv.send_signal(signal.SIGHUP)
+    # a reload that changes an export: a new backend and quota scan after the sandbox
+    text = (d / "policy.toml").read_text()
+    (d / "policy.toml").write_text(
+        text.replace('idmap = "squash"', 'idmap = "squash"\nquota_files = 1000')
+    )
+    os.kill(pid, signal.SIGHUP)
     time.sleep(2)
     run("ls", "--aname", "mapped", unix, "/")
-    srv.send_signal(signal.SIGTERM)
+    run("put", "--aname", "squash", unix, str(d / "hello"), "after-reload")
+    os.kill(pid, signal.SIGTERM)
     srv.wait(60)
     return report([str(trace)], compare=True)
 
@@ -258,10 +271,12 @@ def main() -> int:
     a.add_argument("--compare", action="store_true")
     dr = sub.add_parser("drive")
     dr.add_argument("outdir")
+    dr.add_argument("--seccomp", choices=["off", "required"], default="off",
+                    help="required: run it with the filter on, to see what it refuses")  # fmt: skip
     args = ap.parse_args()
     if args.cmd == "analyse":
         return report(args.trace, args.compare)
-    return drive(args.outdir)
+    return drive(args.outdir, args.seccomp)
 
 
 if __name__ == "__main__":

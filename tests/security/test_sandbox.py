@@ -264,15 +264,16 @@ def test_daemon_threads_at_exit_do_not_abort_the_process(dirs: dict[str, str]) -
     # dlopens libgcc_s.so.1: unreachable under Landlock unless preloaded.
     res = child(
         """
-        import threading, time
+        import threading
         rep = sb.apply_sandbox(sb.SandboxConfig(rw_paths=[args["A"]]))
         out["libgcc_note"] = [n for n in rep.notes if "libgcc" in n]
+        never = threading.Event()  # waits are futexes, as in the server (no sleep call)
         def spin():
             while True:
-                time.sleep(0.0005)
+                never.wait(0.0005)
         for _ in range(4):
             threading.Thread(target=spin, daemon=True).start()
-        time.sleep(0.05)
+        never.wait(0.05)
         """,
         dirs,
     )
