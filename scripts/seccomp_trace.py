@@ -227,7 +227,7 @@ def drive(outdir: str, seccomp: str = "off") -> int:
 
     def run(*args: str) -> None:
         r = subprocess.run([*p9, *args], env=env, capture_output=True, text=True, timeout=600)
-        last = (r.stderr.strip().splitlines() or [""])[-1]
+        last = ((r.stderr + r.stdout).strip().splitlines() or [""])[-1]
         print(f"  {' '.join(args[:6])}: exit {r.returncode} {last}", file=sys.stderr)
 
     # the conformance suite in every dialect, and .L on every kind of export

@@ -242,11 +242,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         audit.close()
         raise
 
-    def stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        server.stop()
+    # A handler runs between two bytecodes of the main thread, which may hold
+    # a lock the work needs (the audit queue's, the server's): a reload done
+    # there deadlocked when SIGHUP came during start-up. The handlers only
+    # note the signal; the loop below acts on it.
+    signals: list[int] = []
 
-    def reload(_signum: int, _frame: object) -> None:
+    def note(signum: int, _frame: object) -> None:
+        signals.append(signum)
+
+    def reload() -> None:
         if not args.config:
             log.warning("SIGHUP: no policy file to reload (serving the command line's exports)")
             return
@@ -261,9 +266,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         audit.emit("reload", ok=True, policy=args.config, closed=closed)
 
     # handlers before serving: a SIGHUP or SIGTERM never finds the default action
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, reload)
+    signal.signal(signal.SIGINT, note)
+    signal.signal(signal.SIGTERM, note)
+    signal.signal(signal.SIGHUP, note)
     server.start()
     for exp in policy.exports.values():
         log.info("export %r: %s%s (ids: %s)", exp.name, exp.path,
@@ -285,8 +290,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                policy=cfg.source)  # fmt: skip
     sys.stderr.flush()
 
-    while not server.wait(1.0):
-        pass
+    while not server.wait(0.2):
+        while signals:
+            signum = signals.pop(0)
+            if signum == signal.SIGHUP:
+                reload()
+            else:
+                log.info("signal %d: stopping", signum)
+                server.stop()
     server.stop()
     audit.close()
     return 0

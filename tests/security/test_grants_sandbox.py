@@ -195,3 +195,28 @@ def test_what_the_refused_grants_would_meet_inside_the_sandbox(setup: Path) -> N
     assert res["set_user"] == "ok"
     assert res["set_acl"] in ("ok", "EOPNOTSUPP")  # ok where the file system has ACLs
     assert "trusted.before" not in res["listed"] and "user.x" in res["listed"]
+
+
+def test_a_burst_of_reloads_never_deadlocks_the_server(setup: Path) -> None:
+    """Reloads run from the main loop, not inside the signal handler: a
+    handler that reloads can interrupt another one (or the start-up) holding
+    the audit queue's lock, and the server then hung for good."""
+    p = setup / "policy.toml"
+    p.write_text(policy(setup, '"rw"'))
+    proc = serve("--config", str(p))
+    try:
+        wait_listening(proc)
+        for _ in range(300):
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.001)
+        vm1 = connect(setup / "vm1.sock", "src")
+        vm1.walk(0, 1, ["readme"])
+        vm1.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(20) == 0
+        finally:
+            proc.kill()
+    reloads = [r for r in audit(setup) if r["event"] == "reload"]
+    assert reloads and all(r["ok"] for r in reloads)

@@ -10,6 +10,8 @@ import json
 import os
 import signal
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -261,3 +263,49 @@ def test_seccomp_setting_is_checked() -> None:
     raw = {"server": {"seccomp": "sometimes"}, "exports": {}, "clients": {}}
     with pytest.raises(ConfigError, match=r"server.seccomp: 'sometimes' is not one of"):
         parse_config(raw, "p.toml")
+
+
+@needs_filter
+def test_required_refuses_to_start_in_one_line_where_no_filter_can_be_installed(
+    setup: Path,
+) -> None:
+    """A parent filter that answers ENOSYS to seccomp(2) (as a kernel without
+    it would), then exec the server: `--seccomp required` stops it with one
+    line; auto starts and says why it has no filter."""
+    nr = sc.SYSCALLS["seccomp"][ARCHES.index(NATIVE)]
+    ins = "struct.pack('=HBBI', {}, {}, {}, {})"
+    prog = " + ".join(ins.format(*i) for i in [
+        (0x20, 0, 0, 4), (0x15, 1, 0, sc.AUDIT_ARCH[NATIVE]), (0x06, 0, 0, sc.RET_ALLOW),
+        (0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, sc.RET_ERRNO | errno.ENOSYS),
+        (0x06, 0, 0, sc.RET_ALLOW),
+    ])  # fmt: skip
+    wrapper = (
+        "import ctypes, os, struct, sys\n"
+        f"code = {prog}\n"
+        "buf = ctypes.create_string_buffer(code, len(code))\n"
+        "class F(ctypes.Structure):\n"
+        "    _fields_ = [('len', ctypes.c_ushort), ('filter', ctypes.c_void_p)]\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "assert libc.prctl(38, 1, 0, 0, 0) == 0\n"  # no_new_privs
+        "f = F(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p).value)\n"
+        f"assert libc.syscall({nr}, 1, 0, ctypes.byref(f)) == 0\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'p9share', *sys.argv[1:]])\n"
+    )
+    args = ["serve", "--config", str(setup / "policy.toml")]
+    r = subprocess.run([sys.executable, "-c", wrapper, *args, "--seccomp", "required"],
+                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "p9share: error: self-sandbox: seccomp unavailable: seccomp filters unavailable: "
+        "ENOSYS; refusing to start because the filter is required"
+    ]
+    proc = subprocess.Popen([sys.executable, "-c", wrapper, *args], stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        wait_listening(proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    sandbox = next(r for r in audit(setup) if r["event"] == "sandbox" and "summary" in r)
+    assert sandbox["seccomp"] is False
+    assert sandbox["seccomp_reason"] == "seccomp filters unavailable: ENOSYS"

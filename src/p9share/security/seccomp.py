@@ -26,7 +26,7 @@ guest's error.
 
 Why not libseccomp's binding: Debian's python3-seccomp is built for the
 system interpreter and does not reach a venv; the PyPI packages that wrap it
-(pyseccomp 0.1.2, 2021) are not maintained. The program is about 200
+(pyseccomp 0.1.2, 2021) are not maintained. The program is about 150
 instructions and the numbers are checked against libseccomp by the tests.
 
 ALLOWED comes from traces of real servers, not from reading the code: see
@@ -40,7 +40,6 @@ import errno
 import platform
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 # AUDIT_ARCH_* (include/uapi/linux/audit.h): what seccomp_data.arch holds.
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
@@ -87,6 +86,7 @@ SYSCALLS: dict[str, tuple[int | None, int | None]] = {
     "openat": (257, 56),
     "poll": (7, None),
     "pread64": (17, 67),
+    "prlimit64": (302, 261),
     "pwrite64": (18, 68),
     "read": (0, 63),
     "readlinkat": (267, 78),
@@ -297,13 +297,3 @@ def probe(names: Iterable[str]) -> dict[str, str]:
         e = ctypes.get_errno()
         out[name] = "ok" if ret >= 0 else errno.errorcode.get(e, str(e))
     return out
-
-
-@dataclass(frozen=True)
-class FilterState:
-    """What the sandbox report says about the filter."""
-
-    installed: bool
-    reason: str = ""  # why not, when not installed
-    allowed: int = 0  # system calls allowed (clone counted once)
-    logged: bool = False  # refusals reach the kernel log
