@@ -12,7 +12,8 @@ What the program does, for x86_64 and aarch64:
    exploit can get there. On x86_64 the x32 range (nr >= 0x40000000) is refused.
 2. clone is allowed only to make a thread (CLONE_THREAD set, no namespace
    flag): the server never forks. clone3 is refused, because its flags sit in
-   memory a filter cannot read; glibc then falls back to clone.
+   memory a filter cannot read; glibc then falls back to clone. That refusal
+   comes from a second, quiet filter, so that it is not logged (below).
 3. The calls in ALLOWED pass. Every other call returns ENOSYS, and is logged by
    the kernel (SECCOMP_FILTER_FLAG_LOG) where the kernel supports it.
 
@@ -195,10 +196,34 @@ def build_program(arch: str, names: Iterable[str]) -> bytes:
             _insn(_BPF_RET_K, RET_ALLOW),
             _insn(_BPF_RET_K, DENY),
         ]
-    for nr in sorted(nrs):
+    # clone3 is refused by the quiet program (build_quiet_program), not here
+    clone3_nr = SYSCALLS["clone3"][col]
+    assert clone3_nr is not None
+    for nr in sorted(nrs | {clone3_nr}):
         prog += [_insn(_BPF_JEQ_K, nr, jf=1), _insn(_BPF_RET_K, RET_ALLOW)]
     prog.append(_insn(_BPF_RET_K, DENY))
     return b"".join(prog)
+
+
+def build_quiet_program(arch: str) -> bytes:
+    """The second filter: clone3 -> ENOSYS, everything else allowed (the main
+    program decides). It is installed without SECCOMP_FILTER_FLAG_LOG, and
+    the kernel logs a refusal only if the filter that made it asked to: glibc
+    tries clone3 before clone for every new thread, and a log line per
+    connection would bury the refusals that matter."""
+    col = ("x86_64", "aarch64").index(arch)
+    clone3_nr = SYSCALLS["clone3"][col]
+    assert clone3_nr is not None
+    return b"".join(
+        [
+            _insn(_BPF_LD_W_ABS, _OFF_ARCH),
+            _insn(_BPF_JEQ_K, AUDIT_ARCH[arch], jf=3),  # the main program kills it
+            _insn(_BPF_LD_W_ABS, _OFF_NR),
+            _insn(_BPF_JEQ_K, clone3_nr, jf=1),
+            _insn(_BPF_RET_K, DENY),
+            _insn(_BPF_RET_K, RET_ALLOW),
+        ]
+    )
 
 
 # ------------------------------------------------------------- install --
@@ -248,34 +273,40 @@ def unavailable_reason() -> str:
     return ""
 
 
-def install(names: Iterable[str] = ALLOWED) -> bool:
-    """Install the filter on every thread of the process. Returns whether the
-    kernel logs refusals (SECCOMP_FILTER_FLAG_LOG). Raises OSError; needs
-    no_new_privs (or CAP_SYS_ADMIN)."""
-    arch = platform.machine()
-    code = build_program(arch, tuple(names))
+def _set_filter(code: bytes, flags: int) -> None:
     buf = ctypes.create_string_buffer(code, len(code))
     prog = _SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p).value)
-    for flags, logged in (
-        (_SECCOMP_FILTER_FLAG_TSYNC | _SECCOMP_FILTER_FLAG_LOG, True),
-        (_SECCOMP_FILTER_FLAG_TSYNC, False),  # kernels before 4.14 have no FLAG_LOG
-    ):
-        ret = int(
-            _syscall(
-                ctypes.c_long(_nr("seccomp")),
-                ctypes.c_uint(_SECCOMP_SET_MODE_FILTER),
-                ctypes.c_uint(flags),
-                ctypes.byref(prog),
-            )
+    ret = int(
+        _syscall(
+            ctypes.c_long(_nr("seccomp")),
+            ctypes.c_uint(_SECCOMP_SET_MODE_FILTER),
+            ctypes.c_uint(flags),
+            ctypes.byref(prog),
         )
-        if ret == 0:
-            return logged
+    )
+    if ret > 0:  # TSYNC: the id of a thread that could not take the filter
+        raise OSError(errno.EBUSY, f"thread {ret} cannot take the seccomp filter")
+    if ret < 0:
         e = ctypes.get_errno()
-        if ret > 0:  # TSYNC: the id of a thread that could not take the filter
-            raise OSError(errno.EBUSY, f"thread {ret} cannot take the seccomp filter")
-        if e != errno.EINVAL or not logged:
-            raise OSError(e, f"seccomp(SET_MODE_FILTER): {errno.errorcode.get(e, e)}")
-    raise AssertionError("unreachable")
+        raise OSError(e, f"seccomp(SET_MODE_FILTER): {errno.errorcode.get(e, e)}")
+
+
+def install(names: Iterable[str] = ALLOWED) -> bool:
+    """Install the filters on every thread of the process: the quiet one
+    (clone3), then the main one. Returns whether the kernel logs refusals
+    (SECCOMP_FILTER_FLAG_LOG). Raises OSError; needs no_new_privs (or
+    CAP_SYS_ADMIN)."""
+    arch = platform.machine()
+    main = build_program(arch, tuple(names))
+    _set_filter(build_quiet_program(arch), _SECCOMP_FILTER_FLAG_TSYNC)
+    try:
+        _set_filter(main, _SECCOMP_FILTER_FLAG_TSYNC | _SECCOMP_FILTER_FLAG_LOG)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        _set_filter(main, _SECCOMP_FILTER_FLAG_TSYNC)  # before 4.14: no FLAG_LOG
+        return False
+    return True
 
 
 def probe(names: Iterable[str]) -> dict[str, str]:
