@@ -78,7 +78,7 @@ def test_check_config_refuses_a_bad_file_in_one_line(setup: Path) -> None:
     assert "cannot read" in one_error_line("check-config", str(setup / "missing.toml"))
     # serve refuses it the same way, and refuses mixing --config with exports
     assert one_error_line("serve", "--config", str(setup / "policy.toml"), str(setup)) == (
-        "p9share: error: --config names the exports: give no PATH or --export with it"
+        "p9share: error: --config names the exports: give no PATH, --export or --cache with it"
     )
 
 

@@ -170,6 +170,7 @@ def self_sandbox(cfg: Config, args: argparse.Namespace, audit: AuditLog) -> None
     service account or, for a root server, only a file server's
     capabilities). Prints and audits what was done; UsageError if it cannot
     be done as configured."""
+    from .security import seccomp
     from .security.sandbox import SandboxConfig, SandboxError, apply_sandbox, probe_open
 
     mode = args.landlock or cfg.sandbox.landlock
@@ -194,6 +195,7 @@ def self_sandbox(cfg: Config, args: argparse.Namespace, audit: AuditLog) -> None
         keep_root_caps=user is None and os.geteuid() == 0,
         required=mode == "required",
         landlock=mode != "off",
+        seccomp=args.seccomp or cfg.sandbox.seccomp,
     )
     try:
         report = apply_sandbox(sc)
@@ -203,16 +205,25 @@ def self_sandbox(cfg: Config, args: argparse.Namespace, audit: AuditLog) -> None
     if not report.landlock:
         print(f"p9share: warning: no Landlock ({report.landlock_reason}): a server bug "
               "could reach any file this account can", file=sys.stderr)  # fmt: skip
+    if not report.seccomp:
+        print(f"p9share: warning: no system-call filter ({report.seccomp_reason}): a server "
+              "bug could make any system call this account can", file=sys.stderr)  # fmt: skip
     for note in report.notes:
         print(f"p9share: sandbox note: {note}", file=sys.stderr)
     audit.emit("sandbox", summary=report.summary(), landlock=report.landlock,
-               notes=report.notes)  # fmt: skip
+               seccomp=report.seccomp, seccomp_reason=report.seccomp_reason,
+               seccomp_allowed=report.seccomp_allowed, notes=report.notes)  # fmt: skip
     # test hook: prove from inside the process what it can still open
     probe = os.environ.get("P9SHARE_SANDBOX_PROBE")
     if probe:
         for path, result in probe_open(probe.split(os.pathsep)).items():
             print(f"p9share: sandbox probe {path}: {result}", file=sys.stderr)
             audit.emit("sandbox", probe=path, result=result)
+    calls = os.environ.get("P9SHARE_SECCOMP_PROBE")  # e.g. "execve,ptrace,mount"
+    if calls:
+        for name, result in seccomp.probe(calls.split(",")).items():
+            print(f"p9share: sandbox probe {name}(): {result}", file=sys.stderr)
+            audit.emit("sandbox", probe=f"{name}()", result=result)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -264,6 +275,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 endpoint = MetricsEndpoint(args.metrics, server.metrics)
             except ValueError as e:
                 raise UsageError(str(e)) from None
+        # its socket is made now: the sandbox refuses new sockets
+        notifier = systemd.Notifier()
         # listeners bound, exports open, no thread started yet: confine ourselves
         self_sandbox(cfg, args, audit)
     except (AddressError, UsageError):
@@ -271,14 +284,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         audit.close()
         raise
 
-    notifier = systemd.Notifier()
+    # A handler runs between two bytecodes of the main thread, which may hold
+    # a lock the work needs (the audit queue's, the server's): a reload done
+    # there deadlocked when SIGHUP came during start-up. The handlers only
+    # note the signal; the loop below acts on it.
+    signals: list[int] = []
 
-    def stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        notifier.stopping()
-        server.stop()
+    def note(signum: int, _frame: object) -> None:
+        signals.append(signum)
 
-    def reload(_signum: int, _frame: object) -> None:
+    def reload() -> None:
         if not args.config:
             log.warning("SIGHUP: no policy file to reload (serving the command line's exports)")
             return
@@ -296,9 +311,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         notifier.ready(f"serving {len(bound)} listeners; policy reloaded")
 
     # handlers before serving: a SIGHUP or SIGTERM never finds the default action
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, reload)
+    signal.signal(signal.SIGINT, note)
+    signal.signal(signal.SIGTERM, note)
+    signal.signal(signal.SIGHUP, note)
     server.start()
     if endpoint is not None:
         endpoint.start()
@@ -325,8 +340,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # ready: bound, sandboxed, serving (Type=notify)
     notifier.ready(f"serving {len(bound)} listeners, exports {', '.join(policy.exports)}")
 
-    while not server.wait(notifier.tick()):
-        pass
+    while not server.wait(min(0.2, notifier.tick())):
+        while signals:
+            signum = signals.pop(0)
+            if signum == signal.SIGHUP:
+                reload()
+            else:
+                log.info("signal %d: stopping", signum)
+                notifier.stopping()
+                server.stop()
     notifier.stopping()
     if endpoint is not None:
         endpoint.stop()
@@ -374,6 +396,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "sets it per export)")  # fmt: skip
     s.add_argument("--metrics", metavar="ADDR",
                    help="serve Prometheus metrics (GET /metrics) on tcp:HOST:PORT or unix:PATH")  # fmt: skip
+    s.add_argument("--seccomp", choices=["auto", "required", "off"],
+                   help="filter the server's system calls (default auto: where available)")  # fmt: skip
     s.set_defaults(func=cmd_serve)
     tp = sub.add_parser("top", help="live view of a server's clients (reads serve --metrics)")
     tp.add_argument("address", metavar="ADDR", help="the server's --metrics address")

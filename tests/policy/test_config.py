@@ -61,7 +61,7 @@ max_fids = 5000
 
 [clients.vm1]
 match = {{ listener = "vm1" }}
-exports = {{ src = "rw", docs = {{ access = "ro", xattrs = ["user", "trusted"] }} }}
+exports = {{ src = "rw", docs = {{ access = "ro", xattrs = ["user", "system"] }} }}
 allow = {{ fifos = true }}
 limits = {{ ops_per_second = 1000 }}
 
@@ -89,7 +89,7 @@ def test_full_policy_loads(tmp_path: Path, dirs: dict[str, str]) -> None:
     vm1, lab = cfg.policy.clients["vm1"], cfg.policy.clients["lab"]
     assert vm1.grants["src"] == Rights(fifos=True)
     assert vm1.grants["docs"] == Rights(
-        readonly=True, fifos=True, xattr_namespaces=frozenset({"user", "trusted"})
+        readonly=True, fifos=True, xattr_namespaces=frozenset({"user", "system"})
     )
     assert vm1.limits == {"ops_per_second": 1000}
     assert lab.matches[0].network == ipaddress.ip_network("127.0.0.0/8")

@@ -24,6 +24,7 @@ from p9share.audit import AuditLog
 from p9share.client.raw import RawClient, ServerError
 from p9share.conformance.cases.classic import blank_stat
 from p9share.policy import Client, Export, Match, Policy, Rights
+from p9share.policy.idmap import mapped
 from p9share.protocol import constants as c
 from p9share.protocol import messages as m
 from p9share.protocol.constants import Dialect
@@ -367,14 +368,35 @@ def test_dotu_wstat_rename_follows_the_fid(served: tuple[Path, Connect, Server])
 # ------------------------------------------------------- devices, names --
 
 
-@root_only
-def test_device_nodes_need_the_grant(served: tuple[Path, Connect, Server]) -> None:
-    root, connect, _ = served
-    mode = stat.S_IFCHR | 0o600
-    assert err(connect("plain"), m.Tmknod(0, "null", mode, 1, 3, 0)) == errno.EPERM
-    assert not (root / "null").exists()
-    assert err(connect("dev"), m.Tmknod(0, "null", mode, 1, 3, 0)) == 0
-    assert (root / "null").stat().st_rdev == os.makedev(1, 3)
+def test_device_nodes_need_the_grant(tmp_path: Path) -> None:
+    """Devices are granted on mapped exports only (placeholder files keeping
+    the type and number); a client without the grant gets EPERM."""
+    root = tmp_path / "m"
+    root.mkdir()
+    clients = {n: Client(n, (Match(listener=n),), {"m": Rights(devices=n == "dev")})
+               for n in ("plain", "dev")}  # fmt: skip
+    srv = Server(Policy({"m": Export("m", str(root), idmap=mapped())}, clients))
+    addrs = {n: str(srv.listen(parse_address(f"unix:{tmp_path}/{n}.sock"), name=n))
+             for n in clients}  # fmt: skip
+    try:
+        mode = stat.S_IFCHR | 0o600
+        cls = {}
+        for n, addr in addrs.items():
+            cls[n] = RawClient.connect(addr, timeout=10)
+            cls[n].version()
+            cls[n].attach(0, "")
+        assert err(cls["plain"], m.Tmknod(0, "null", mode, 1, 3, 0)) == errno.EPERM
+        assert not (root / "null").exists()
+        assert err(cls["dev"], m.Tmknod(0, "null", mode, 1, 3, 0)) == 0
+        cls["dev"].walk(0, 1, ["null"])
+        r = cls["dev"].rpc(m.Tgetattr(1, 0x7FF))
+        assert isinstance(r, m.Rgetattr)
+        assert stat.S_ISCHR(r.mode) and r.rdev == os.makedev(1, 3)
+        assert stat.S_ISREG((root / "null").lstat().st_mode)  # a file on the host
+        for cl in cls.values():
+            cl.close()
+    finally:
+        srv.stop()
 
 
 @pytest.mark.parametrize("name", [".", "..", "a/b", ""])

@@ -1276,14 +1276,14 @@ class HostBackend(Backend):
         self._check_writable()
         _check_name(name)
         ftype = stat.S_IFMT(mode) or stat.S_IFREG
-        if ftype not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK):
-            _fail(errno.EINVAL, "mknod makes FIFOs, sockets, devices and regular files")
-        # a device node only when the client's grant allows it (the policy
-        # asks first); it is never opened by the server (refuse_special_open)
-        if ftype not in (stat.S_IFCHR, stat.S_IFBLK):
-            rdev = 0
+        # never a real device node on the host: a guest-made one would be a
+        # hole (the policy grants devices only on mapped exports, as files)
+        if ftype in (stat.S_IFCHR, stat.S_IFBLK):
+            _fail(errno.EPERM, "device nodes are not created")
+        if ftype not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG):
+            _fail(errno.EINVAL, "mknod makes FIFOs, sockets and regular files")
         with self._pinned_dir(dirnode) as d:
-            os.mknod(name, ftype | (mode & 0o7777), rdev, dir_fd=d.fd)
+            os.mknod(name, ftype | (mode & 0o7777), 0, dir_fd=d.fd)
             return self._finish_new(d.fd, name, ftype, owner, mode & 0o7777)
 
     def link(self, dirnode: Node, target: Node, name: str) -> None:

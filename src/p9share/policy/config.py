@@ -44,6 +44,7 @@ class SandboxSettings:
     user: str | None = None  # service account to switch to after binding
     group: str | None = None
     landlock: str = "auto"  # "auto" | "required" | "off"
+    seccomp: str = "auto"  # "auto" | "required" | "off": the system-call filter
 
 
 @dataclass(slots=True)
@@ -198,6 +199,7 @@ def _server(r: _Reader, cfg: Config) -> None:
         str(user) if user is not None else None,
         str(group) if group is not None else None,
         r.choice("landlock", ("auto", "required", "off"), "auto"),
+        r.choice("seccomp", ("auto", "required", "off"), "auto"),
     )
     tls = r.sub("tls")
     if tls.table:
@@ -382,9 +384,39 @@ def _client(
             er.done()
         else:
             raise ex.err(exp_name, 'expected "ro", "rw" or a table')
+        problem = unhonourable_grant(policy.exports[exp_name], grants[exp_name])
+        if problem:
+            raise ex.err(exp_name, problem)
     limits = _limits(r.sub("limits"))
     r.done()
     return Client(name, tuple(matches), grants, limits)
+
+
+def unhonourable_grant(exp: Export, rights: Rights) -> str:
+    """Why a served export could not do what this grant allows, or "".
+    A grant the host backend or the sandbox would cancel in silence (every
+    request failing with EPERM and no denial in the log) is refused when the
+    policy is loaded: by check-config, at start and by a reload. The whole
+    table is in docs/security.md (§S9, "Grants and what the sandbox keeps")."""
+    if rights.devices and exp.idmap.mode != "mapped":
+        return (
+            f"devices = true cannot be honoured: export {exp.name!r} (idmap "
+            f"{exp.idmap.mode}) stores real files, and p9share never creates device "
+            'nodes on the host; use idmap = "mapped" for it (a device is then a '
+            "placeholder file) or drop the grant"
+        )
+    if "trusted" in rights.xattr_namespaces:
+        return (
+            'xattrs "trusted" cannot be honoured: the kernel lets only CAP_SYS_ADMIN '
+            "read or write trusted.* attributes, and the sandbox never keeps it"
+        )
+    if "security" in rights.xattr_namespaces and not (rights.readonly or exp.readonly):
+        return (
+            'xattrs "security" can only be read: writing security.* attributes needs '
+            "CAP_SYS_ADMIN (CAP_SETFCAP for security.capability), which the sandbox "
+            'never keeps; grant it with access = "ro"'
+        )
+    return ""
 
 
 def _with_key(mt: Match, key_id: str) -> Match:

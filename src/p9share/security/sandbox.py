@@ -15,6 +15,8 @@ before any thread is started. It is irreversible for the process:
 5. setgroups/setgid/setuid to the service account.
 6. landlock_restrict_self, then verify: setuid(0) must fail, no capability
    outside the kept set may remain.
+7. The system-call filter (security/seccomp.py), last, so that everything
+   above may still use the calls it needs; verified with a call it refuses.
 
 Landlock, prctl and capset act on the calling thread only, so a second thread
 would stay unconfined: apply_sandbox refuses to run in a multi-threaded process.
@@ -32,6 +34,8 @@ import stat
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+from . import seccomp
 
 # --------------------------------------------------------------- syscalls --
 # Landlock has the same numbers on every architecture (new syscall table).
@@ -190,7 +194,9 @@ CAP_NAMES = (
 #                its only extra power (open_by_handle_at, linkat AT_EMPTY_PATH)
 #                is unused: links go through /proc/self/fd with AT_SYMLINK_FOLLOW
 #   MKNOD        the backend refuses device nodes; FIFOs and sockets need no
-#                capability; a guest-made device node would be a host hole
+#                capability; a guest-made device node would be a host hole.
+#                A policy granting devices where they would be real nodes is
+#                refused at load (policy/config.py, unhonourable_grant)
 # Everything else (SYS_ADMIN, SETFCAP, SETUID, NET_*, SYS_MODULE, ...) goes.
 ROOT_FILE_SERVER_CAPS: frozenset[int] = frozenset(
     {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID}
@@ -278,13 +284,6 @@ def _landlock_unavailable_reason() -> str:
     if e == errno.ENOSYS:
         return "this kernel has no Landlock (needs Linux 5.13 with CONFIG_SECURITY_LANDLOCK)"
     return "the Landlock ABI probe reported no support"
-
-
-@dataclass(frozen=True)
-class _Rule:
-    path: str
-    rights: int
-    kind: str  # "rw", "ro", "state", "python", "device"
 
 
 class _Ruleset:
@@ -407,6 +406,8 @@ class SandboxConfig:
     mapping) with only root_caps. required: fail if Landlock is unavailable.
     python_paths: read+execute paths for the interpreter; None derives them
     from sys (prefix, base_prefix and every existing sys.path entry).
+    seccomp: "auto" installs the system-call filter where the kernel can,
+    "required" refuses to go on without it, "off" leaves it out.
     """
 
     rw_paths: Sequence[str] = ()
@@ -419,6 +420,7 @@ class SandboxConfig:
     root_caps: frozenset[int] = ROOT_FILE_SERVER_CAPS
     python_paths: Sequence[str] | None = None
     landlock: bool = True  # False: the rest of the sandbox without Landlock
+    seccomp: str = "auto"  # "auto" | "required" | "off"
 
 
 @dataclass
@@ -441,6 +443,9 @@ class SandboxReport:
     groups: tuple[int, ...] = ()
     caps: tuple[str, ...] = ()  # effective capabilities left
     bounding: tuple[str, ...] = ()  # capability bounding set left
+    seccomp: bool = False  # the system-call filter is installed
+    seccomp_reason: str = ""  # why not, when seccomp is False
+    seccomp_allowed: int = 0  # system calls the filter lets through
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -459,6 +464,10 @@ class SandboxReport:
             parts.append("caps " + (",".join(self.caps) or "none"))
         if self.no_new_privs:
             parts.append("no_new_privs")
+        if self.seccomp:
+            parts.append(f"seccomp: {self.seccomp_allowed} system calls, others ENOSYS")
+        else:
+            parts.append(f"no seccomp: {self.seccomp_reason}")
         return "; ".join(parts)
 
 
@@ -546,6 +555,8 @@ def apply_sandbox(cfg: SandboxConfig) -> SandboxReport:
         raise SandboxError("keep_root_caps stays uid 0: it cannot be combined with a user")
     if cfg.required and not cfg.landlock:
         raise SandboxError("Landlock cannot be both required and turned off")
+    if cfg.seccomp not in ("auto", "required", "off"):
+        raise SandboxError(f"seccomp {cfg.seccomp!r} is not one of auto, required, off")
     n = _thread_count()
     if n != 1:
         raise SandboxError(
@@ -570,6 +581,16 @@ def apply_sandbox(cfg: SandboxConfig) -> SandboxReport:
     rep.python_paths = tuple(python)
 
     _preload_libraries(rep)
+
+    # 7 is checked now: "required" must refuse before anything has changed.
+    rep.seccomp_reason = (
+        "turned off by configuration" if cfg.seccomp == "off" else seccomp.unavailable_reason()
+    )
+    if cfg.seccomp == "required" and rep.seccomp_reason:
+        raise SandboxError(
+            f"seccomp unavailable: {rep.seccomp_reason}; "
+            "refusing to start because the filter is required"
+        )
 
     # 2. Landlock ruleset, built while the paths are reachable.
     abi = landlock_abi() if cfg.landlock else 0
@@ -656,6 +677,19 @@ def apply_sandbox(cfg: SandboxConfig) -> SandboxReport:
         rep.landlock = True
 
     _verify(cfg, ids, rep)
+
+    # 7. The system-call filter, last: the steps above use calls it refuses.
+    if not rep.seccomp_reason:
+        try:
+            logged = seccomp.install(seccomp.ALLOWED)
+        except OSError as e:
+            raise SandboxError(f"cannot install the seccomp filter: {e.strerror or e}") from None
+        if seccomp.probe(["unshare"]) != {"unshare": "ENOSYS"}:
+            raise SandboxError("the seccomp filter is installed but does not refuse unshare")
+        rep.seccomp = True
+        rep.seccomp_allowed = len(set(seccomp.ALLOWED))
+        if not logged:
+            rep.notes.append("this kernel does not log seccomp refusals (needs Linux 4.14)")
     return rep
 
 
