@@ -6,8 +6,6 @@ conformance suite can speak correct and deliberately broken 9P to any server.
 
 from __future__ import annotations
 
-import errno
-import os
 import socket
 import ssl
 from collections.abc import Iterable
@@ -16,6 +14,9 @@ from ..protocol import messages as m
 from ..protocol.constants import NOFID, NOTAG, Dialect
 from ..protocol.wire import U32
 from ..security.auth import ClientAuth, Key
+from .errors import reply_error
+
+MAX_FRAME = 16 << 20
 
 
 class ServerError(OSError):
@@ -119,7 +120,9 @@ class RawClient:
     def recv_frame(self) -> bytes:
         head = self._recv_exact(4)
         (size,) = U32.unpack(head)
-        if size < 7:
+        # Frames are bounded by msize; a tool that skipped version() still
+        # gets at most MAX_FRAME, never whatever a server claims.
+        if size < 7 or size > max(self.msize, MAX_FRAME):
             raise ConnectionError(f"server sent a frame of size {size}")
         return head + self._recv_exact(size - 4)
 
@@ -182,7 +185,6 @@ class RawClient:
 
 
 def check(reply: m.Message) -> None:
-    if isinstance(reply, m.Rlerror):
-        raise ServerError(reply.ecode, os.strerror(reply.ecode))
-    if isinstance(reply, m.Rerror):
-        raise ServerError(reply.errno or errno.EIO, reply.ename)
+    err = reply_error(reply)  # an errno out of range becomes EIO, never OverflowError
+    if err is not None:
+        raise ServerError(err.errno, err.strerror)
