@@ -282,36 +282,38 @@ def _get_file(
         while data := src.read(CHUNK):
             dst.write(data)
             bar.update(len(data))
-    os.chmod(local, stat.S_IMODE(st.st_mode))
+    os.chmod(local, stat.S_IMODE(st.st_mode) & 0o777)  # never set-id bits a server chose
     bar.finish()
 
 
-def _get_tree(fs: FS, remote: str, local: str, progress: bool, top: bool = True) -> None:
-    # The server names what is written here: each name is one component
-    # (the client library checks), is written once, and nothing below the
-    # top is followed through a symlink.
-    if top:
-        os.makedirs(local, exist_ok=True)
-    else:
-        try:
-            os.mkdir(local)
-        except FileExistsError:
-            if not stat.S_ISDIR(os.lstat(local).st_mode):
-                raise Failure(f"{local}: exists and is not a directory") from None
-    seen: set[str] = set()
-    for e in fs.scandir(remote):
-        if e.name in seen:
-            raise Failure(f"{remote}: the server lists {e.name!r} twice")
-        seen.add(e.name)
-        target = os.path.join(local, e.name)
-        if e.d_type == DT_DIR:
-            _get_tree(fs, e.path, target, progress, top=False)
-        elif e.d_type == DT_LNK:
-            if os.path.lexists(target):
-                os.unlink(target)
-            os.symlink(fs.readlink(e.path), target)
-        else:
-            _get_file(fs, e.path, target, fs.stat(e.path), progress, follow=False)
+def _get_tree(fs: FS, remote: str, local: str, progress: bool) -> None:
+    """The server names what is written here: each name is one component
+    (the client library checks), is written once, and nothing below local
+    is followed through a symlink. A stack, not recursion: a directory that
+    contains itself ends at PATH_MAX, not in a RecursionError."""
+    os.makedirs(local, exist_ok=True)
+    todo = [(remote, local)]
+    while todo:
+        rdir, ldir = todo.pop()
+        seen: set[str] = set()
+        for e in fs.scandir(rdir):
+            if e.name in seen:
+                raise Failure(f"{rdir}: the server lists {e.name!r} twice")
+            seen.add(e.name)
+            target = os.path.join(ldir, e.name)
+            if e.d_type == DT_DIR:
+                try:
+                    os.mkdir(target)
+                except FileExistsError:
+                    if not stat.S_ISDIR(os.lstat(target).st_mode):
+                        raise Failure(f"{target}: exists and is not a directory") from None
+                todo.append((e.path, target))
+            elif e.d_type == DT_LNK:
+                if os.path.lexists(target):
+                    os.unlink(target)
+                os.symlink(fs.readlink(e.path), target)
+            else:
+                _get_file(fs, e.path, target, fs.stat(e.path), progress, follow=False)
 
 
 def cmd_put(fs: FS, args: argparse.Namespace) -> None:

@@ -23,6 +23,7 @@ from p9share.protocol.wire import Qid
 
 ROOT = Qid(c.QidType.DIR, 0, 1)
 FILE = Qid(c.QidType.FILE, 0, 2)
+LOOP_QID = Qid(c.QidType.DIR, 0, 5)
 DATA = b"hello world"
 XATTR = {"user.a": b"value"}
 HUGE_ERRNO = 2**32 - 2  # an Rlerror ecode at or above 2^31
@@ -47,7 +48,11 @@ LIES = {
     "lock-grace": "Tlock always answers LOCK_GRACE",
     "wrong-type": "Txattrwalk is answered with Rclunk",
     "readdir-dup-link": "the listing names 'f' twice: a symlink (to link_target), then a file",
+    "loop-dir": "every directory holds LOOP, a directory with the same listing",
+    "setuid-file": "f is mode 04755",
+    "huge-frame": "Tattach is answered with a frame header claiming 2^32-16 bytes",
 }
+LOOP = "d" * 100
 
 
 class HostileServer:
@@ -112,7 +117,9 @@ class HostileServer:
                     with self._lock:
                         self.seen.append(ev.msg)
                     reply = self._answer(conn, fids, ev.msg)
-                    if reply is not None:
+                    if isinstance(reply, bytes):
+                        s.sendall(reply)
+                    elif reply is not None:
                         s.sendall(b"".join(conn.encode(ev.tag, reply)))
         except OSError:
             pass
@@ -124,7 +131,7 @@ class HostileServer:
 
     def _answer(
         self, conn: ServerConnection, fids: dict[int, str], msg: m.Message
-    ) -> m.Message | None:
+    ) -> m.Message | bytes | None:
         lies = self.lies
         if isinstance(msg, m.Tversion):
             if "errno-version" in lies:
@@ -138,6 +145,8 @@ class HostileServer:
         if isinstance(msg, m.Tflush):
             return None if "silent" in lies else m.Rflush()
         if isinstance(msg, m.Tattach):
+            if "huge-frame" in lies:
+                return (2**32 - 16).to_bytes(4, "little") + b"\x69\x01\x00"
             fids[msg.fid] = "/"
             return m.Rattach(ROOT)
         if isinstance(msg, m.Twalk):
@@ -146,7 +155,11 @@ class HostileServer:
                 return self._err(errno.EBADF)
             node, qids = start, []
             for name in msg.wnames:
-                if node == "/" and (name == "f" or ("readdir-names" in lies and name != "..")):
+                if node in ("/", "loop") and name == LOOP and "loop-dir" in lies:
+                    node, qid = "loop", LOOP_QID
+                elif node in ("/", "loop") and (
+                    name == "f" or ("readdir-names" in lies and name != "..")
+                ):
                     node, qid = "f", FILE
                 elif name in ("..", "."):
                     node, qid = "/", ROOT
@@ -172,7 +185,7 @@ class HostileServer:
                 return None
             return self._getattr(node)
         if isinstance(msg, m.Tlopen):
-            return m.Rlopen(ROOT if node == "/" else FILE, 0)
+            return m.Rlopen(FILE if node == "f" else LOOP_QID if node == "loop" else ROOT, 0)
         if isinstance(msg, m.Tread):
             if node.startswith("xattr:"):
                 if "xattr-size" in lies:
@@ -205,12 +218,13 @@ class HostileServer:
         return self._err(errno.EOPNOTSUPP)
 
     def _getattr(self, node: str) -> m.Rgetattr:
-        is_dir = node == "/"
+        is_dir = node != "f"
         big = "huge-attr" in self.lies
         size = U64_MAX if big else (0 if is_dir else len(DATA))
         t = U64_MAX if big else 1_700_000_000
         return m.Rgetattr(
-            0x3FFF, ROOT if is_dir else FILE, (0o40755 if is_dir else 0o100644), 0, 0, 1, 0,
+            0x3FFF, {"/": ROOT, "loop": LOOP_QID}.get(node, FILE),
+            0o40755 if is_dir else 0o104755 if "setuid-file" in self.lies else 0o100644, 0, 0, 1, 0,
             size, U64_MAX if big else 4096, U64_MAX if big else 1, t, 0, t, 0, t, 0, 0, 0, 0, 0,
         )  # fmt: skip
 
@@ -238,6 +252,8 @@ class HostileServer:
                 m.encode_dirent(FILE, i + 1, c.DT_REG, nm) for i, nm in enumerate(names)
             ))  # fmt: skip
         entries = [(ROOT, c.DT_DIR, b"."), (ROOT, c.DT_DIR, b".."), (FILE, c.DT_REG, b"f")]
+        if "loop-dir" in lies:
+            entries.append((LOOP_QID, c.DT_DIR, LOOP.encode()))
         data = b"".join(
             m.encode_dirent(q, i + 1, t, nm)
             for i, (q, t, nm) in enumerate(entries)

@@ -8,15 +8,18 @@ import asyncio
 import errno
 import gc
 import os
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import p9share
 from p9share.client import FS, AsyncFS, ConnectionLost
 from p9share.client.aio import Client
 from p9share.client.raw import RawClient, ServerError
@@ -24,7 +27,7 @@ from p9share.fuse.tree import ROOT_INO, RemoteTree
 from p9share.protocol import constants as c
 from p9share.protocol import messages as m
 
-from .hostile import HUGE_ERRNO, HostileServer, hostile
+from .hostile import HUGE_ERRNO, LOOP, HostileServer, hostile
 
 # Small enough that old code which keeps reading cannot eat the machine
 # before the test gives up on it.
@@ -32,7 +35,7 @@ SMALL_MSIZE = 8192
 
 
 def connect(srv: HostileServer, **kw: Any) -> FS:
-    kw.setdefault("timeout", 2)
+    kw.setdefault("timeout", 10)  # the machine may be busy; tests of timeouts set their own
     return FS.connect(srv.address, msize=SMALL_MSIZE, **kw)
 
 
@@ -42,10 +45,10 @@ def run_async(srv: HostileServer, body: Callable[[AsyncFS], Awaitable[None]], **
 
     async def main() -> None:
         asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: leaked.append(ctx))
-        kw.setdefault("timeout", 2)
+        kw.setdefault("timeout", 10)
         afs = await AsyncFS.connect(srv.address, msize=SMALL_MSIZE, **kw)
         try:
-            await asyncio.wait_for(body(afs), 10)
+            await asyncio.wait_for(body(afs), 30)
         finally:
             await afs.close()
         gc.collect()  # a task that died with an exception reports it when collected
@@ -97,15 +100,14 @@ def test_raw_client_maps_huge_errno() -> None:
 
 # ------------------------------------------------------------------ xattrs --
 def test_getxattr_does_not_believe_a_huge_size() -> None:
-    with hostile("xattr-size") as srv, connect(srv) as fs:
-        start = time.monotonic()
+    # timeout=2: old code that reads on for ever gives up (as TimeoutError) in time
+    with hostile("xattr-size") as srv, connect(srv, timeout=2) as fs:
         with pytest.raises(OSError) as e:
             fs.getxattr("/f", "user.a")
         assert e.value.errno == errno.E2BIG
         with pytest.raises(OSError) as e:
             fs.listxattr("/f")
         assert e.value.errno == errno.E2BIG
-        assert time.monotonic() - start < 1
         assert srv.requests(m.Tread) == []  # not one byte asked for
 
 
@@ -133,11 +135,9 @@ def test_xattrwalk_answered_with_the_wrong_type_frees_the_fid() -> None:
 @pytest.mark.parametrize("lie", ["readdir-stuck", "readdir-cycle"])
 def test_listdir_ends_when_the_cookie_does_not_advance(lie: str) -> None:
     with hostile(lie) as srv, connect(srv) as fs:
-        start = time.monotonic()
         with pytest.raises(OSError) as e:
             fs.listdir("/")
         assert e.value.errno == errno.EPROTO and e.value.filename == "/"
-        assert time.monotonic() - start < 1
         assert len(srv.requests(m.Treaddir)) <= 3
 
 
@@ -217,7 +217,7 @@ def test_lock_in_grace_forever_gives_up() -> None:
         with pytest.raises(OSError) as e:
             await f.lock(c.LOCK_TYPE_RDLCK)
         assert e.value.errno == errno.ENOLCK
-        assert time.monotonic() - start < 3
+        assert time.monotonic() - start < 10  # gave up, not polling for ever
         await f.close()
 
     with hostile("lock-grace") as srv:
@@ -238,7 +238,7 @@ def test_unanswered_request_times_out_and_is_flushed() -> None:
         with pytest.raises(TimeoutError) as e:
             await afs.stat("/")
         assert e.value.errno == errno.ETIMEDOUT  # the request's own timeout, not the test's
-        assert time.monotonic() - start < 2
+        assert time.monotonic() - start < 10
         for _ in range(20):  # many timeouts: the bookkeeping does not grow
             with pytest.raises(TimeoutError):
                 await client.getattr(afs.root)
@@ -295,7 +295,7 @@ def test_sync_timeout_is_per_request() -> None:
         with pytest.raises(TimeoutError) as e:
             fs.stat("/")
         assert e.value.errno == errno.ETIMEDOUT
-        assert time.monotonic() - start < 1.5
+        assert time.monotonic() - start < 10
 
 
 def test_client_connect_default_timeout() -> None:
@@ -312,7 +312,7 @@ def test_client_connect_default_timeout() -> None:
 
 # -------------------------------------------------------------------- CLI --
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
+    env = dict(os.environ, PYTHONPATH=str(Path(p9share.__file__).parents[1]))  # this p9share
     return subprocess.run([sys.executable, "-m", "p9share", *args], capture_output=True,
                           text=True, timeout=60, env=env)  # fmt: skip
 
@@ -360,7 +360,7 @@ def tree_run(srv: HostileServer, body: Callable[[RemoteTree], Awaitable[None]], 
         tree = RemoteTree(srv.address, msize=SMALL_MSIZE, **kw)
         await tree.start()
         try:
-            await asyncio.wait_for(body(tree), 10)
+            await asyncio.wait_for(body(tree), 30)
         finally:
             await tree.close()
 
@@ -375,7 +375,7 @@ def test_tree_getxattr_and_read_are_bounded() -> None:
         assert e.value.errno == errno.E2BIG
 
     with hostile("xattr-size") as srv:
-        tree_run(srv, body, request_timeout=2)
+        tree_run(srv, body, request_timeout=10)
 
     async def read(tree: RemoteTree) -> None:
         await tree.lookup(ROOT_INO, "f")
@@ -385,7 +385,7 @@ def test_tree_getxattr_and_read_are_bounded() -> None:
         assert e.value.errno == errno.EPROTO
 
     with hostile("read-long") as srv:
-        tree_run(srv, read, request_timeout=2)
+        tree_run(srv, read, request_timeout=10)
 
 
 def test_tree_readdir_ends_on_a_stuck_cookie() -> None:
@@ -400,7 +400,7 @@ def test_tree_readdir_ends_on_a_stuck_cookie() -> None:
         assert e.value.errno == errno.EPROTO
 
     with hostile("readdir-stuck") as srv:
-        tree_run(srv, body, request_timeout=2)
+        tree_run(srv, body, request_timeout=10)
 
 
 def test_tree_requests_time_out() -> None:
@@ -409,7 +409,7 @@ def test_tree_requests_time_out() -> None:
         with pytest.raises(TimeoutError) as e:
             await tree.getattr(ROOT_INO)
         assert e.value.errno == errno.ETIMEDOUT
-        assert time.monotonic() - start < 2
+        assert time.monotonic() - start < 10
 
     with hostile("silent-getattr") as srv:
         tree_run(srv, body, request_timeout=0.3)
@@ -427,4 +427,76 @@ def test_fuse_entry_clamps_absurd_attributes() -> None:
         assert e.st_size == 2**63 - 1 and e.st_blocks == 2**63 - 1
 
     with hostile("huge-attr") as srv:
-        tree_run(srv, body, request_timeout=2)
+        tree_run(srv, body, request_timeout=10)
+
+
+# ------------------------------------------------------- deep and looping --
+@contextmanager
+def shallow_stack(frames: int = 60) -> Iterator[None]:
+    """Only `frames` more Python frames than the caller has: a walk whose
+    stack grows with the depth of the tree fails inside this."""
+    depth, f = 0, sys._getframe()
+    while f is not None:
+        depth, f = depth + 1, f.f_back  # type: ignore[assignment]
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + frames)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
+def test_walk_of_a_directory_that_contains_itself_ends() -> None:
+    with hostile("loop-dir") as srv, connect(srv) as fs:
+        errors: list[OSError] = []
+        with shallow_stack():
+            tops = [top for top, _, _ in fs.walk("/", onerror=errors.append)]
+        assert len(tops) > 30 and tops[1] == "/" + LOOP
+        assert [e.errno for e in errors] == [errno.ENAMETOOLONG]
+        bottom_up = [top for top, _, _ in fs.walk("/", topdown=False)]
+        assert bottom_up == tops[::-1]
+
+
+def test_cli_get_of_a_directory_that_contains_itself_ends(tmp_path: Path) -> None:
+    from p9share import client_cli
+
+    with hostile("loop-dir") as srv, connect(srv) as fs, shallow_stack(40):
+        with pytest.raises(OSError) as e:
+            client_cli._get_tree(fs, "/", str(tmp_path / "copy"), False)
+        assert e.value.errno == errno.ENAMETOOLONG
+
+
+def test_cli_get_drops_set_id_bits(tmp_path: Path) -> None:
+    with hostile("setuid-file") as srv:
+        r = cli("get", srv.address, "/f", str(tmp_path / "f"))
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "f").read_bytes() == b"hello world"
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o755
+
+
+def test_fsspec_range_read_does_not_size_by_the_server() -> None:
+    pytest.importorskip("fsspec")
+    from p9share.client.fsspec_fs import NinePFileSystem
+
+    with hostile("huge-attr") as srv:
+        nfs = NinePFileSystem(srv.address, timeout=2, skip_instance_cache=True)
+        try:
+            assert nfs.cat_file("/f", start=2) == b"llo world"
+            assert nfs.cat_file("/f", start=-4, end=None) == b""  # 2^64-5 is past the end
+            assert nfs.cat_file("/f", start=0, end=5) == b"hello"
+        finally:
+            nfs.close()
+
+
+def test_raw_client_refuses_a_huge_frame() -> None:
+    with hostile("huge-frame") as srv, RawClient.connect(srv.address, timeout=5) as raw:
+        raw.version()
+        with pytest.raises(ConnectionError, match="frame of size"):
+            raw.attach(0)
+
+
+def test_raw_client_version_refused_is_an_oserror() -> None:
+    with hostile("errno-version") as srv, RawClient.connect(srv.address, timeout=5) as raw:
+        with pytest.raises(ServerError) as e:
+            raw.version()
+        assert e.value.errno == errno.EIO

@@ -17,7 +17,7 @@ import os
 import posixpath
 import socket
 import stat as stat_mod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from ..protocol import constants as c
@@ -29,6 +29,7 @@ from .errors import ConnectionLost, protocol_error, remote_error, with_path
 
 MAX_SYMLINKS = 40
 MAX_DIR_ENTRIES = 1 << 22  # one listing; a server could otherwise list for ever
+PATH_MAX = 4096  # as Linux: a path, with its NUL
 _UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS)
 _NS = 10**9
 
@@ -40,6 +41,8 @@ def split_path(path: str) -> list[str]:
     if "\0" in path:
         raise ValueError("embedded null character in path")
     norm = posixpath.normpath("/" + path)
+    if len(norm.encode("utf-8", "surrogateescape")) >= PATH_MAX:
+        raise remote_error(errno.ENAMETOOLONG, path[:64] + "...")
     return [p for p in norm.split("/") if p]
 
 
@@ -478,19 +481,35 @@ class AsyncFS:
         self, top: str = "/", topdown: bool = True
     ) -> AsyncIterator[tuple[str, list[str], list[str]]]:
         """As os.walk (errors below top are skipped, symlinks not followed)."""
-        try:
-            entries = await self.scandir(top)
-        except OSError:
-            return
-        dirs = [e.name for e in entries if e.d_type == c.DT_DIR]
-        files = [e.name for e in entries if e.d_type != c.DT_DIR]
-        if topdown:
-            yield top, dirs, files
-        for d in dirs:
-            async for t in self.walk(posixpath.join(top, d), topdown):
-                yield t
-        if not topdown:
-            yield top, dirs, files
+        async for item in self.walk_or_errors(top, topdown):
+            if not isinstance(item, OSError):
+                yield item
+
+    async def walk_or_errors(
+        self, top: str = "/", topdown: bool = True
+    ) -> AsyncGenerator[tuple[str, list[str], list[str]] | OSError, None]:
+        """walk(), with the OSError of each directory that could not be
+        listed in its place (the sync API's onerror). With a stack, not
+        recursion: a server directory that contains itself ends at PATH_MAX
+        (ENAMETOOLONG), not in a RecursionError."""
+        stack: list[str | tuple[str, list[str], list[str]]] = [top]
+        while stack:
+            item = stack.pop()
+            if not isinstance(item, str):
+                yield item  # bottom-up: after everything below it
+                continue
+            try:
+                entries = await self.scandir(item)
+            except OSError as e:
+                yield e
+                continue
+            dirs = [e.name for e in entries if e.d_type == c.DT_DIR]
+            files = [e.name for e in entries if e.d_type != c.DT_DIR]
+            if topdown:
+                yield item, dirs, files  # the caller may prune dirs in place
+            else:
+                stack.append((item, dirs, files))
+            stack.extend(posixpath.join(item, d) for d in reversed(dirs))
 
     async def mkdir(self, path: str, mode: int = 0o777) -> None:
         dfid, name = await self._parent(path)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import posixpath
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from ..protocol import constants as c
 from ..security.auth import Key
 from .aio import DEFAULT_MSIZE, DEFAULT_TIMEOUT
 from .file import RemoteFile, wrap
@@ -229,20 +227,20 @@ class FS:
         onerror: Callable[[OSError], object] | None = None,
     ) -> Iterator[tuple[str, list[str], list[str]]]:
         """As os.walk (symlinks to directories are listed, not followed)."""
+        walker = self.aio.walk_or_errors(top, topdown)
+
+        async def step() -> tuple[str, list[str], list[str]] | OSError | None:
+            return await anext(walker, None)
+
         try:
-            entries = list(self.scandir(top))
-        except OSError as e:
-            if onerror is not None:
-                onerror(e)
-            return
-        dirs = [e.name for e in entries if e.d_type == c.DT_DIR]
-        files = [e.name for e in entries if e.d_type != c.DT_DIR]
-        if topdown:
-            yield top, dirs, files
-        for d in dirs:
-            yield from self.walk(posixpath.join(top, d), topdown, onerror)
-        if not topdown:
-            yield top, dirs, files
+            while (item := self.call(step())) is not None:
+                if not isinstance(item, OSError):
+                    yield item
+                elif onerror is not None:
+                    onerror(item)
+        finally:
+            if self._loop.loop.is_running():  # not when collected after close()
+                self.call(walker.aclose())
 
     def mkdir(self, path: str, mode: int = 0o777) -> None:
         self.call(self.aio.mkdir(path, mode))
