@@ -51,6 +51,8 @@ LIES = {
     "loop-dir": "every directory holds LOOP, a directory with the same listing",
     "setuid-file": "f is mode 04755",
     "huge-frame": "Tattach is answered with a frame header claiming 2^32-16 bytes",
+    "silent-clunk": "Tclunk is never answered (Tflush is)",
+    "readdir-bigcookie": "Rreaddir cookies at 2^63 and above",
 }
 LOOP = "d" * 100
 
@@ -176,6 +178,8 @@ class HostileServer:
         fid = getattr(msg, "fid", None)
         node = fids.get(fid) if isinstance(fid, int) else None
         if isinstance(msg, m.Tclunk):
+            if "silent-clunk" in lies:
+                return None
             fids.pop(msg.fid, None)
             return m.Rlerror(HUGE_ERRNO) if "errno-clunk" in lies else m.Rclunk()
         if node is None:
@@ -237,6 +241,10 @@ class HostileServer:
                 n = len(self.seen)
             cookie = 2 if msg.offset == 1 else 1
             return m.Rreaddir(m.encode_dirent(Qid(0, 0, 100 + n), cookie, c.DT_REG, b"n%d" % n))
+        if "readdir-bigcookie" in lies:
+            if msg.offset:
+                return m.Rreaddir(b"")
+            return m.Rreaddir(m.encode_dirent(FILE, 2**63, c.DT_REG, b"f"))
         if "readdir-dup-link" in lies:
             if msg.offset:
                 return m.Rreaddir(b"")

@@ -271,6 +271,25 @@ def test_unanswered_flush_closes_the_connection() -> None:
         run_async(srv, body, timeout=0.3)
 
 
+def test_unanswered_clunk_keeps_its_fid_number() -> None:
+    """Flushed before it ran, a Tclunk leaves the fid alive in the server:
+    its number must not be handed out again."""
+
+    async def body(afs: AsyncFS) -> None:
+        client = afs.client
+        fid, _ = await client.walk(afs.root, ["f"])
+        with pytest.raises(TimeoutError):
+            await client.clunk(fid)
+        await client.quiesce()  # the Rflush has come
+        assert client.tags_in_use == frozenset()
+        assert fid in client.fids._used
+        other, _ = await client.walk(afs.root, ["f"])
+        assert other != fid
+
+    with hostile("silent-clunk") as srv:
+        run_async(srv, body, timeout=0.3)
+
+
 def test_timeout_is_configurable_and_none_waits() -> None:
     async def body(afs: AsyncFS) -> None:
         afs.client.timeout = None
@@ -400,6 +419,17 @@ def test_tree_readdir_ends_on_a_stuck_cookie() -> None:
         assert e.value.errno == errno.EPROTO
 
     with hostile("readdir-stuck") as srv:
+        tree_run(srv, body, request_timeout=10)
+
+
+def test_tree_readdir_cookie_beyond_off_t() -> None:
+    async def body(tree: RemoteTree) -> None:
+        h = await tree.open(ROOT_INO, os.O_RDONLY, is_dir=True)
+        with pytest.raises(OSError) as e:
+            await tree.readdir(h.fh, 0)
+        assert e.value.errno == errno.EOVERFLOW
+
+    with hostile("readdir-bigcookie") as srv:
         tree_run(srv, body, request_timeout=10)
 
 
