@@ -332,7 +332,7 @@ class Client:
         self._pending.pop(tag, None)
         if fut.done() and not fut.cancelled() and fut.exception() is None:
             self._conn.release_tag(tag)  # the reply beat the cancellation
-            if newfid is not None:
+            if newfid is not None or isinstance(msg, m.Tclunk):
                 self._adopt(_Orphan(msg, newfid), fut.result())
             return
         if self._error is not None:
