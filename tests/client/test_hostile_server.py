@@ -514,6 +514,9 @@ def test_fsspec_range_read_does_not_size_by_the_server() -> None:
             assert nfs.cat_file("/f", start=2) == b"llo world"
             assert nfs.cat_file("/f", start=-4, end=None) == b""  # 2^64-5 is past the end
             assert nfs.cat_file("/f", start=0, end=5) == b"hello"
+            with pytest.raises(OSError) as e:
+                nfs.modified("/f")
+            assert e.value.errno == errno.EOVERFLOW
         finally:
             nfs.close()
 
