@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -53,6 +54,7 @@ LIES = {
     "huge-frame": "Tattach is answered with a frame header claiming 2^32-16 bytes",
     "silent-clunk": "Tclunk is never answered (Tflush is)",
     "readdir-bigcookie": "Rreaddir cookies at 2^63 and above",
+    "no-read": "after Rattach the server reads nothing more (the client's sends block)",
 }
 LOOP = "d" * 100
 
@@ -69,6 +71,8 @@ class HostileServer:
         self.link_target = "/nonexistent"  # what Treadlink answers
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
+        if "no-read" in self.lies:  # little the kernel can hold for us: the client's sends block
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.address = f"tcp:127.0.0.1:{self._listener.getsockname()[1]}"
         self._conns: list[socket.socket] = []
         self._stop = False
@@ -123,6 +127,10 @@ class HostileServer:
                         s.sendall(reply)
                     elif reply is not None:
                         s.sendall(b"".join(conn.encode(ev.tag, reply)))
+                    if "no-read" in self.lies and isinstance(ev.msg, m.Tattach):
+                        while not self._stop:
+                            time.sleep(0.05)
+                        return
         except OSError:
             pass
         finally:

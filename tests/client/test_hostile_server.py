@@ -46,7 +46,8 @@ def run_async(srv: HostileServer, body: Callable[[AsyncFS], Awaitable[None]], **
     async def main() -> None:
         asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: leaked.append(ctx))
         kw.setdefault("timeout", 10)
-        afs = await AsyncFS.connect(srv.address, msize=SMALL_MSIZE, **kw)
+        kw.setdefault("msize", SMALL_MSIZE)
+        afs = await AsyncFS.connect(srv.address, **kw)
         try:
             await asyncio.wait_for(body(afs), 30)
         finally:
@@ -288,6 +289,28 @@ def test_unanswered_clunk_keeps_its_fid_number() -> None:
 
     with hostile("silent-clunk") as srv:
         run_async(srv, body, timeout=0.3)
+
+
+def test_server_that_stops_reading_loses_the_connection() -> None:
+    """A send that cannot complete (the server reads nothing) is not waited
+    on for ever either: after twice the timeout the connection is closed."""
+
+    async def body(afs: AsyncFS) -> None:
+        client = afs.client
+        start = time.monotonic()
+        chunk = b"x" * client.iosize
+        writes = [client.write(afs.root, 0, chunk) for _ in range(200)]  # 13 MB: sends block
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        assert all(isinstance(r, ConnectionLost | TimeoutError) for r in results)
+        assert any(isinstance(r, ConnectionLost) for r in results)
+        assert time.monotonic() - start < 15
+        # whichever comes first: this check, or the flushes of the requests sent
+        assert client.closed
+        assert "has not read" in str(client._error) or "Tflush" in str(client._error)
+        assert client.tags_in_use == frozenset()
+
+    with hostile("no-read") as srv:
+        run_async(srv, body, timeout=0.5, msize=65536 + 24)
 
 
 def test_timeout_is_configurable_and_none_waits() -> None:
