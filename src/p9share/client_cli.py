@@ -111,7 +111,7 @@ def add_commands(subparsers: Any) -> None:
     common.add_argument("--tls-cert", metavar="PEM", help="client certificate for tls:")
     common.add_argument("--tls-key", metavar="PEM", help="client certificate's private key")
     common.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="give up on a request after this long (default 30)")  # fmt: skip
+                        help="give up on each request after this long (default 30)")  # fmt: skip
 
     def add(name: str, help: str, func: Callable[[FS, argparse.Namespace], None]) -> Any:
         p = subparsers.add_parser(name, parents=[common], help=help)
@@ -210,7 +210,10 @@ def cmd_ls(fs: FS, args: argparse.Namespace) -> None:
 
 
 def _long(name: str, st: os.stat_result) -> str:
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.st_mtime))
+    try:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.st_mtime))
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds
+        when = f"@{st.st_mtime_ns // 10**9}"
     return f"{stat.filemode(st.st_mode)} {st.st_nlink:3} {st.st_size:12} {when} {name}"
 
 
@@ -237,7 +240,10 @@ _KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlin
 
 def _iso(ns: int) -> str:
     secs, frac = divmod(ns, 10**9)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds
+        return f"@{secs}.{frac:09d}"
 
 
 def cmd_cat(fs: FS, args: argparse.Namespace) -> None:
@@ -265,28 +271,49 @@ def cmd_get(fs: FS, args: argparse.Namespace) -> None:
         _get_file(fs, args.remote, local, st, _progress_on(args))
 
 
-def _get_file(fs: FS, remote: str, local: str, st: os.stat_result, progress: bool) -> None:
+def _get_file(
+    fs: FS, remote: str, local: str, st: os.stat_result, progress: bool, follow: bool = True
+) -> None:
+    """follow=False below the top of a tree: a symlink already at local (the
+    server listed a name twice) is refused, never written through."""
     bar = Progress(posixpath.basename(remote), st.st_size, sys.stderr, progress)
-    with fs.open(remote, "rb", buffering=0) as src, open(local, "wb") as dst:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (0 if follow else os.O_NOFOLLOW)
+    with fs.open(remote, "rb", buffering=0) as src, open(os.open(local, flags, 0o600), "wb") as dst:
         while data := src.read(CHUNK):
             dst.write(data)
             bar.update(len(data))
-    os.chmod(local, stat.S_IMODE(st.st_mode))
+    os.chmod(local, stat.S_IMODE(st.st_mode) & 0o777)  # never set-id bits a server chose
     bar.finish()
 
 
 def _get_tree(fs: FS, remote: str, local: str, progress: bool) -> None:
+    """The server names what is written here: each name is one component
+    (the client library checks), is written once, and nothing below local
+    is followed through a symlink. A stack, not recursion: a directory that
+    contains itself ends at PATH_MAX, not in a RecursionError."""
     os.makedirs(local, exist_ok=True)
-    for e in fs.scandir(remote):
-        target = os.path.join(local, e.name)
-        if e.d_type == DT_DIR:
-            _get_tree(fs, e.path, target, progress)
-        elif e.d_type == DT_LNK:
-            if os.path.lexists(target):
-                os.unlink(target)
-            os.symlink(fs.readlink(e.path), target)
-        else:
-            _get_file(fs, e.path, target, fs.stat(e.path), progress)
+    todo = [(remote, local)]
+    while todo:
+        rdir, ldir = todo.pop()
+        seen: set[str] = set()
+        for e in fs.scandir(rdir):
+            if e.name in seen:
+                raise Failure(f"{rdir}: the server lists {e.name!r} twice")
+            seen.add(e.name)
+            target = os.path.join(ldir, e.name)
+            if e.d_type == DT_DIR:
+                try:
+                    os.mkdir(target)
+                except FileExistsError:
+                    if not stat.S_ISDIR(os.lstat(target).st_mode):
+                        raise Failure(f"{target}: exists and is not a directory") from None
+                todo.append((e.path, target))
+            elif e.d_type == DT_LNK:
+                if os.path.lexists(target):
+                    os.unlink(target)
+                os.symlink(fs.readlink(e.path), target)
+            else:
+                _get_file(fs, e.path, target, fs.stat(e.path), progress, follow=False)
 
 
 def cmd_put(fs: FS, args: argparse.Namespace) -> None:
@@ -371,7 +398,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     opts = MountOptions(
         args.address, args.mountpoint, aname=args.aname, read_only=args.read_only,
         key=args.key, reconnect_timeout=args.reconnect_timeout,
-        attr_timeout=args.attr_timeout, allow_other=args.allow_other,
+        attr_timeout=args.attr_timeout, allow_other=args.allow_other, timeout=args.timeout,
         tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
     )  # fmt: skip
     if args.daemon:

@@ -15,11 +15,25 @@ class ConnectionLost(ConnectionError):
     on it fails with this."""
 
 
+# Linux errors are 1..4095 (MAX_ERRNO); a server may send any u32.
+MAX_ERRNO = 4095
+
+
+def protocol_error(text: str) -> OSError:
+    """The server broke the protocol (a reply that cannot be true)."""
+    return OSError(errno.EPROTO, f"protocol error from the server: {text}")
+
+
 def remote_error(
     err: int, path: str | None = None, path2: str | None = None, text: str | None = None
 ) -> OSError:
-    """OSError(errno, strerror, path) picks the matching subclass itself."""
-    text = text or (os.strerror(err) if err else "Unknown error")
+    """OSError(errno, strerror, path) picks the matching subclass itself. An
+    error number outside 1..MAX_ERRNO (a hostile or broken server) is EIO,
+    naming the number the server sent."""
+    if not 0 < err <= MAX_ERRNO:
+        text = f"server sent error number {err}" + (f" ({text})" if text else "")
+        err = errno.EIO
+    text = text or os.strerror(err)
     if path2 is not None:
         return OSError(err, text, path, None, path2)
     if path is not None:
@@ -32,7 +46,7 @@ def reply_error(reply: m.Message) -> OSError | None:
     if isinstance(reply, m.Rlerror):
         return remote_error(reply.ecode)
     if isinstance(reply, m.Rerror):
-        return OSError(reply.errno or errno.EIO, reply.ename)
+        return remote_error(reply.errno or errno.EIO, text=reply.ename)
     return None
 
 

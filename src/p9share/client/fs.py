@@ -17,17 +17,19 @@ import os
 import posixpath
 import socket
 import stat as stat_mod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from ..protocol import constants as c
 from ..protocol.messages import Rgetattr
 from ..protocol.wire import Qid
 from ..security.auth import Key
-from .aio import DEFAULT_MSIZE, Client
-from .errors import ConnectionLost, remote_error, with_path
+from .aio import DEFAULT_MSIZE, DEFAULT_TIMEOUT, Client
+from .errors import ConnectionLost, protocol_error, remote_error, with_path
 
 MAX_SYMLINKS = 40
+MAX_DIR_ENTRIES = 1 << 22  # one listing; a server could otherwise list for ever
+PATH_MAX = 4096  # as Linux: a path, with its NUL
 _UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS)
 _NS = 10**9
 
@@ -39,6 +41,8 @@ def split_path(path: str) -> list[str]:
     if "\0" in path:
         raise ValueError("embedded null character in path")
     norm = posixpath.normpath("/" + path)
+    if len(norm.encode("utf-8", "surrogateescape")) >= PATH_MAX:
+        raise remote_error(errno.ENAMETOOLONG, path[:64] + "...")
     return [p for p in norm.split("/") if p]
 
 
@@ -191,10 +195,13 @@ class AsyncFile:
     async def lock(self, type: int, start: int = 0, length: int = 0, *, wait: bool = False) -> bool:
         """A POSIX byte-range lock (type LOCK_TYPE_RDLCK/WRLCK/UNLCK; length 0
         is to end of file). False if it is held elsewhere and wait is False;
-        with wait, retries until granted."""
+        with wait, retries until granted. Without wait, a server still in its
+        grace period after the client's timeout (30 s if none) is ENOLCK."""
         self._check()
         flags = c.LOCK_FLAGS_BLOCK if wait else 0
         delay = 0.01
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.fs.client.timeout or DEFAULT_TIMEOUT)
         while True:
             status = await self.fs.client.lock(
                 self.fid, type, flags, start, length, self.fs.proc_id, self.fs.client_id
@@ -203,8 +210,14 @@ class AsyncFile:
                 return True
             if status == c.LOCK_ERROR:
                 raise remote_error(errno.ENOLCK, self.path)
+            if status not in (c.LOCK_BLOCKED, c.LOCK_GRACE):
+                raise with_path(protocol_error(f"Rlock status {status}"), self.path)
             if status == c.LOCK_BLOCKED and not wait:
                 return False
+            if not wait and loop.time() >= deadline:
+                raise remote_error(
+                    errno.ENOLCK, self.path, None, "server stays in its grace period"
+                )
             await asyncio.sleep(delay)  # blocked (waiting) or grace period
             delay = min(delay * 2, 0.5)
 
@@ -254,13 +267,14 @@ class AsyncFS:
         n_uname: int | None = None,
         key: Key | str | os.PathLike[str] | None = None,
         msize: int = DEFAULT_MSIZE,
-        timeout: float | None = 30.0,
+        timeout: float | None = DEFAULT_TIMEOUT,
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
     ) -> AsyncFS:
         """Connect to address (tcp:HOST:PORT, unix:PATH, tls:HOST:PORT) and
-        attach to aname, authenticating with key (a Key or key file) if given."""
+        attach to aname, authenticating with key (a Key or key file) if given.
+        timeout bounds the connect and then each request (client.timeout)."""
         client = await Client.connect(address, msize=msize, timeout=timeout,
                                       tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)  # fmt: skip
         try:
@@ -435,10 +449,14 @@ class AsyncFS:
         try:
             await self.client.lopen(fid, c.L_O_RDONLY | c.L_O_DIRECTORY)
             offset = 0
+            asked = {0}  # cookies are opaque: a repeated one means the listing loops
             while True:
                 batch = await self.client.readdir(fid, offset)
                 if not batch:
                     break
+                if len(entries) + len(batch) > MAX_DIR_ENTRIES:
+                    raise remote_error(errno.EOVERFLOW, path, None,
+                                       f"more than {MAX_DIR_ENTRIES} entries")  # fmt: skip
                 for d in batch:
                     if d.name not in (".", ".."):
                         entries.append(
@@ -447,6 +465,9 @@ class AsyncFS:
                             )
                         )
                 offset = batch[-1].offset
+                if offset in asked:
+                    raise protocol_error(f"readdir cookie {offset} again: the listing loops")
+                asked.add(offset)
         except OSError as e:
             raise with_path(e, path) from None
         finally:
@@ -460,19 +481,35 @@ class AsyncFS:
         self, top: str = "/", topdown: bool = True
     ) -> AsyncIterator[tuple[str, list[str], list[str]]]:
         """As os.walk (errors below top are skipped, symlinks not followed)."""
-        try:
-            entries = await self.scandir(top)
-        except OSError:
-            return
-        dirs = [e.name for e in entries if e.d_type == c.DT_DIR]
-        files = [e.name for e in entries if e.d_type != c.DT_DIR]
-        if topdown:
-            yield top, dirs, files
-        for d in dirs:
-            async for t in self.walk(posixpath.join(top, d), topdown):
-                yield t
-        if not topdown:
-            yield top, dirs, files
+        async for item in self.walk_or_errors(top, topdown):
+            if not isinstance(item, OSError):
+                yield item
+
+    async def walk_or_errors(
+        self, top: str = "/", topdown: bool = True
+    ) -> AsyncGenerator[tuple[str, list[str], list[str]] | OSError, None]:
+        """walk(), with the OSError of each directory that could not be
+        listed in its place (the sync API's onerror). With a stack, not
+        recursion: a server directory that contains itself ends at PATH_MAX
+        (ENAMETOOLONG), not in a RecursionError."""
+        stack: list[str | tuple[str, list[str], list[str]]] = [top]
+        while stack:
+            item = stack.pop()
+            if not isinstance(item, str):
+                yield item  # bottom-up: after everything below it
+                continue
+            try:
+                entries = await self.scandir(item)
+            except OSError as e:
+                yield e
+                continue
+            dirs = [e.name for e in entries if e.d_type == c.DT_DIR]
+            files = [e.name for e in entries if e.d_type != c.DT_DIR]
+            if topdown:
+                yield item, dirs, files  # the caller may prune dirs in place
+            else:
+                stack.append((item, dirs, files))
+            stack.extend(posixpath.join(item, d) for d in reversed(dirs))
 
     async def mkdir(self, path: str, mode: int = 0o777) -> None:
         dfid, name = await self._parent(path)
@@ -623,24 +660,16 @@ class AsyncFS:
     async def getxattr(self, path: str, name: str, *, follow_symlinks: bool = True) -> bytes:
         fid, _, _ = await self.walk_fid(path, follow_symlinks=follow_symlinks)
         try:
-            return await self._read_xattr(fid, name)
+            return await self.client.read_xattr(fid, name)
         except OSError as e:
             raise with_path(e, path) from None
         finally:
             self.client.clunk_soon(fid)
 
-    async def _read_xattr(self, fid: int, name: str) -> bytes:
-        xfid, size = await self.client.xattrwalk(fid, name)
-        try:
-            data = await self.client.pread(xfid, 0, size) if size else b""
-        finally:
-            self.client.clunk_soon(xfid)
-        return data
-
     async def listxattr(self, path: str, *, follow_symlinks: bool = True) -> list[str]:
         fid, _, _ = await self.walk_fid(path, follow_symlinks=follow_symlinks)
         try:
-            data = await self._read_xattr(fid, "")
+            data = await self.client.read_xattr(fid, "")
         except OSError as e:
             raise with_path(e, path) from None
         finally:

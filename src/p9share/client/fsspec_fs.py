@@ -11,6 +11,7 @@ Paths are absolute inside the export ("/dir/file"). Registered through the
 from __future__ import annotations
 
 import datetime
+import errno
 import posixpath
 import stat as stat_mod
 from typing import Any
@@ -20,6 +21,14 @@ from fsspec.spec import AbstractFileSystem  # type: ignore[import-untyped]
 from .sync import FS
 
 COPY_CHUNK = 4 * 1024 * 1024
+
+
+def _datetime(ts: float, path: str) -> datetime.datetime:
+    """A server's time as a datetime; one no calendar holds is EOVERFLOW."""
+    try:
+        return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        raise OSError(errno.EOVERFLOW, f"server time {ts} is out of range", path) from None
 
 
 class NinePFileSystem(AbstractFileSystem):  # type: ignore[misc]
@@ -135,12 +144,12 @@ class NinePFileSystem(AbstractFileSystem):  # type: ignore[misc]
         return out
 
     def created(self, path: str) -> datetime.datetime:
-        st = self.client.stat(self._strip_protocol(path))
-        return datetime.datetime.fromtimestamp(st.st_ctime, tz=datetime.UTC)
+        path = self._strip_protocol(path)
+        return _datetime(self.client.stat(path).st_ctime, path)
 
     def modified(self, path: str) -> datetime.datetime:
-        st = self.client.stat(self._strip_protocol(path))
-        return datetime.datetime.fromtimestamp(st.st_mtime, tz=datetime.UTC)
+        path = self._strip_protocol(path)
+        return _datetime(self.client.stat(path).st_mtime, path)
 
     # -------------------------------------------------------- directories --
     def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
@@ -208,8 +217,13 @@ class NinePFileSystem(AbstractFileSystem):  # type: ignore[misc]
             lo = 0 if start is None else (start if start >= 0 else max(size + start, 0))
             hi = size if end is None else (end if end >= 0 else max(size + end, 0))
             f.seek(lo)
-            data: bytes = f.read(max(hi - lo, 0)) or b""
-            return data
+            # In pieces to hi or the end of the file: memory follows the
+            # bytes that come, not a size the server claims.
+            parts = []
+            while lo < hi and (data := f.read(min(hi - lo, COPY_CHUNK))):
+                parts.append(data)
+                lo += len(data)
+            return b"".join(parts)
 
     def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
         open_mode = "xb" if mode == "create" else "wb"

@@ -6,16 +6,18 @@ conformance suite can speak correct and deliberately broken 9P to any server.
 
 from __future__ import annotations
 
-import errno
-import os
 import socket
 import ssl
 from collections.abc import Iterable
+from typing import TypeVar
 
 from ..protocol import messages as m
 from ..protocol.constants import NOFID, NOTAG, Dialect
 from ..protocol.wire import U32
 from ..security.auth import ClientAuth, Key
+from .errors import protocol_error, reply_error
+
+MAX_FRAME = 16 << 20
 
 
 class ServerError(OSError):
@@ -119,7 +121,9 @@ class RawClient:
     def recv_frame(self) -> bytes:
         head = self._recv_exact(4)
         (size,) = U32.unpack(head)
-        if size < 7:
+        # Frames are bounded by msize; a tool that skipped version() still
+        # gets at most MAX_FRAME, never whatever a server claims.
+        if size < 7 or size > max(self.msize, MAX_FRAME):
             raise ConnectionError(f"server sent a frame of size {size}")
         return head + self._recv_exact(size - 4)
 
@@ -139,17 +143,16 @@ class RawClient:
     # ---- conveniences
     def version(self, msize: int = 65536 + 24, version: str | None = None) -> m.Rversion:
         self.send(m.Tversion(msize, version or self.dialect.value), tag=NOTAG)
-        _, r = self.recv()
-        assert isinstance(r, m.Rversion), r
-        self.msize = r.msize
+        _, reply = self.recv()
+        check(reply)
+        r = expect(reply, m.Rversion)
+        self.msize = min(r.msize, msize)  # frames above our offer are refused
         return r
 
     def attach(
         self, fid: int = 0, aname: str = "", uname: str = "root", n_uname: int = 0
     ) -> m.Rattach:
-        r = self.rpc(m.Tattach(fid, NOFID, uname, aname, n_uname))
-        assert isinstance(r, m.Rattach)
-        return r
+        return expect(self.rpc(m.Tattach(fid, NOFID, uname, aname, n_uname)), m.Rattach)
 
     def auth_attach(
         self, fid: int, afid: int, uname: str, aname: str, key: Key, n_uname: int = 0
@@ -160,15 +163,11 @@ class RawClient:
         self.rpc(m.Tauth(afid, uname, aname, n_uname))
         try:
             client = ClientAuth(key, uname, aname, n_uname)
-            challenge = self.rpc(m.Tread(afid, 0, 256))
-            assert isinstance(challenge, m.Rread)
+            challenge = expect(self.rpc(m.Tread(afid, 0, 256)), m.Rread)
             self.rpc(m.Twrite(afid, 0, client.response(bytes(challenge.data))))
-            proof = self.rpc(m.Tread(afid, 0, 256))
-            assert isinstance(proof, m.Rread)
+            proof = expect(self.rpc(m.Tread(afid, 0, 256)), m.Rread)
             client.verify_proof(bytes(proof.data))
-            r = self.rpc(m.Tattach(fid, afid, uname, aname, n_uname))
-            assert isinstance(r, m.Rattach)
-            return r
+            return expect(self.rpc(m.Tattach(fid, afid, uname, aname, n_uname)), m.Rattach)
         finally:
             try:
                 self.rpc(m.Tclunk(afid))
@@ -176,13 +175,21 @@ class RawClient:
                 pass
 
     def walk(self, fid: int, newfid: int, names: Iterable[str]) -> m.Rwalk:
-        r = self.rpc(m.Twalk(fid, newfid, list(names)))
-        assert isinstance(r, m.Rwalk)
-        return r
+        return expect(self.rpc(m.Twalk(fid, newfid, list(names))), m.Rwalk)
+
+
+R = TypeVar("R", bound=m.Message)
+
+
+def expect(reply: m.Message, rtype: type[R]) -> R:
+    """reply, if it is an rtype; ServerError(EPROTO) if not."""
+    if not isinstance(reply, rtype):
+        err = protocol_error(f"{type(reply).__name__} where {rtype.__name__} was due")
+        raise ServerError(err.errno, err.strerror)
+    return reply
 
 
 def check(reply: m.Message) -> None:
-    if isinstance(reply, m.Rlerror):
-        raise ServerError(reply.ecode, os.strerror(reply.ecode))
-    if isinstance(reply, m.Rerror):
-        raise ServerError(reply.errno or errno.EIO, reply.ename)
+    err = reply_error(reply)  # an errno out of range becomes EIO, never OverflowError
+    if err is not None:
+        raise ServerError(err.errno, err.strerror)

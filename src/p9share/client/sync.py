@@ -2,22 +2,22 @@
 background thread, and every call here waits for its result. Calls may come
 from any number of threads at once (each is a request in flight on the one
 connection), which is what a FUSE layer needs. Interrupting a call
-(KeyboardInterrupt, or its timeout) cancels it, which sends a Tflush.
+(KeyboardInterrupt) cancels it, which sends a Tflush. The timeout is each
+request's (see aio.Client): a call of many requests (rmtree) may take
+longer, but never waits for a silent server longer than the timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import posixpath
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from ..protocol import constants as c
 from ..security.auth import Key
-from .aio import DEFAULT_MSIZE
+from .aio import DEFAULT_MSIZE, DEFAULT_TIMEOUT
 from .file import RemoteFile, wrap
 from .fs import AsyncFS, DirEntry
 
@@ -60,10 +60,18 @@ class FS:
     """A 9P2000.L export with the os / shutil / open() vocabulary:
     ``with FS.connect("tcp:127.0.0.1:564", aname="export") as fs: ...``."""
 
-    def __init__(self, afs: AsyncFS, loop: LoopThread, timeout: float | None = None) -> None:
+    def __init__(self, afs: AsyncFS, loop: LoopThread) -> None:
         self.aio = afs
         self._loop = loop
-        self.timeout = timeout  # per call; None waits for ever
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds each request may wait for its reply; None waits for ever."""
+        return self.aio.client.timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self.aio.client.timeout = value
 
     @classmethod
     def connect(
@@ -75,12 +83,12 @@ class FS:
         n_uname: int | None = None,
         key: Key | str | os.PathLike[str] | None = None,
         msize: int = DEFAULT_MSIZE,
-        timeout: float | None = 30.0,
+        timeout: float | None = DEFAULT_TIMEOUT,
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
     ) -> FS:
-        """See AsyncFS.connect; timeout bounds the connect and each later call."""
+        """See AsyncFS.connect; timeout bounds the connect and each later request."""
         loop = LoopThread()
         try:
             afs = loop.run(
@@ -92,12 +100,12 @@ class FS:
         except BaseException:
             loop.stop()
             raise
-        return cls(afs, loop, timeout)
+        return cls(afs, loop)
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run any coroutine of this connection (e.g. a message-level call on
         self.aio.client) from a thread, waiting for its result."""
-        return self._loop.run(coro, self.timeout)
+        return self._loop.run(coro)
 
     def close(self) -> None:
         try:
@@ -219,20 +227,20 @@ class FS:
         onerror: Callable[[OSError], object] | None = None,
     ) -> Iterator[tuple[str, list[str], list[str]]]:
         """As os.walk (symlinks to directories are listed, not followed)."""
+        walker = self.aio.walk_or_errors(top, topdown)
+
+        async def step() -> tuple[str, list[str], list[str]] | OSError | None:
+            return await anext(walker, None)
+
         try:
-            entries = list(self.scandir(top))
-        except OSError as e:
-            if onerror is not None:
-                onerror(e)
-            return
-        dirs = [e.name for e in entries if e.d_type == c.DT_DIR]
-        files = [e.name for e in entries if e.d_type != c.DT_DIR]
-        if topdown:
-            yield top, dirs, files
-        for d in dirs:
-            yield from self.walk(posixpath.join(top, d), topdown, onerror)
-        if not topdown:
-            yield top, dirs, files
+            while (item := self.call(step())) is not None:
+                if not isinstance(item, OSError):
+                    yield item
+                elif onerror is not None:
+                    onerror(item)
+        finally:
+            if self._loop.loop.is_running():  # not when collected after close()
+                self.call(walker.aclose())
 
     def mkdir(self, path: str, mode: int = 0o777) -> None:
         self.call(self.aio.mkdir(path, mode))

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
+from ..client.aio import DEFAULT_TIMEOUT
 from ..client.sync import LoopThread
 from ..protocol import constants as c
 from ..protocol import messages as m
@@ -36,6 +37,7 @@ log = logging.getLogger("p9share.fuse")
 
 T = TypeVar("T")
 NS = 10**9
+I64 = (1 << 63) - 1  # off_t, blkcnt_t, blksize_t and time_t are signed 64-bit
 
 
 @dataclass
@@ -47,6 +49,7 @@ class MountOptions:
     key: Key | str | None = None
     reconnect_timeout: float = 30.0
     attr_timeout: float = 1.0  # kernel caching of attributes and names
+    timeout: float | None = DEFAULT_TIMEOUT  # each 9P request; then ETIMEDOUT
     allow_other: bool = False
     tls_ca: str | None = None
     tls_cert: str | None = None
@@ -87,6 +90,10 @@ def _errno_of(e: BaseException) -> int:
     return errno.EIO
 
 
+def _ns(sec: int, nsec: int) -> int:
+    return min(sec, I64) * NS + min(nsec, NS - 1)
+
+
 class Operations(pyfuse3.Operations):
     """pyfuse3's handlers, each a call into RemoteTree on the client loop."""
 
@@ -120,12 +127,14 @@ class Operations(pyfuse3.Operations):
         e.st_uid = a.uid
         e.st_gid = a.gid
         e.st_rdev = a.rdev
-        e.st_size = a.size
-        e.st_blksize = a.blksize or 4096
-        e.st_blocks = a.blocks
-        e.st_atime_ns = a.atime_sec * NS + a.atime_nsec
-        e.st_mtime_ns = a.mtime_sec * NS + a.mtime_nsec
-        e.st_ctime_ns = a.ctime_sec * NS + a.ctime_nsec
+        # The server's u64s, clamped to what the kernel's signed fields hold
+        # (an overflow here would end pyfuse3's main loop, unmounting).
+        e.st_size = min(a.size, I64)
+        e.st_blksize = min(a.blksize, 1 << 30) or 4096
+        e.st_blocks = min(a.blocks, I64)
+        e.st_atime_ns = _ns(a.atime_sec, a.atime_nsec)
+        e.st_mtime_ns = _ns(a.mtime_sec, a.mtime_nsec)
+        e.st_ctime_ns = _ns(a.ctime_sec, a.ctime_nsec)
         return e
 
     # ----------------------------------------------------------- names --
@@ -375,7 +384,7 @@ def run_mount(opts: MountOptions, ready: Any = None) -> int:
     loop = LoopThread("p9share-mount")
     tree = RemoteTree(
         opts.address, aname=opts.aname, key=opts.key, read_only=opts.read_only,
-        reconnect_timeout=opts.reconnect_timeout, tls_ca=opts.tls_ca,
+        reconnect_timeout=opts.reconnect_timeout, request_timeout=opts.timeout, tls_ca=opts.tls_ca,
         tls_cert=opts.tls_cert, tls_key=opts.tls_key,
     )  # fmt: skip
     try:

@@ -16,6 +16,10 @@ tables need no locks; mount.py calls in from the FUSE (trio) side.
   again lazily; a path that no longer names the same file (qid.path) makes
   that inode or handle fail with EIO for good.
 - Writes go to the server before they return: nothing is buffered here.
+- The server is not trusted: each request times out after request_timeout
+  seconds (ETIMEDOUT, the request flushed), and the client library checks
+  every count (see client/aio.py); a directory whose cookies do not advance
+  is EPROTO, and one that does not fit FUSE's signed offsets is EOVERFLOW.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from ..client.aio import DEFAULT_MSIZE, Client
-from ..client.errors import ConnectionLost
+from ..client.aio import DEFAULT_MSIZE, DEFAULT_TIMEOUT, Client
+from ..client.errors import ConnectionLost, protocol_error
+from ..client.fs import MAX_DIR_ENTRIES
 from ..protocol import constants as c
 from ..protocol import messages as m
 from ..protocol.wire import Qid
@@ -44,6 +49,7 @@ ROOT_INO = 1
 ZERO_INO = (1 << 64) - 2  # stands in for a qid.path of 0 (FUSE has no inode 0)
 READDIR_BATCH = 32  # entries resolved (walk + getattr) at once for one FUSE readdir
 READ_ONLY_FLAGS = c.L_O_ACCMODE
+OFF_MAX = (1 << 63) - 1  # FUSE directory offsets are a signed off_t
 
 # os.O_* flags that mean the same on the server (by name: the numbers differ
 # between architectures). O_CREAT, O_EXCL and O_TRUNC are applied once, at
@@ -98,6 +104,7 @@ class Handle:
     stale: bool = False
     dir_start: int = 0  # the cookie dir_buf starts after
     dir_buf: list[m.Dirent] = field(default_factory=list)
+    dir_served: int = 0  # entries given to the kernel since it last read from offset 0
 
 
 @dataclass(slots=True)
@@ -123,6 +130,7 @@ class RemoteTree:
         read_only: bool = False,
         reconnect_timeout: float = 30.0,
         connect_timeout: float = 10.0,
+        request_timeout: float | None = DEFAULT_TIMEOUT,
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
@@ -134,6 +142,7 @@ class RemoteTree:
         self.read_only = read_only
         self.reconnect_timeout = reconnect_timeout
         self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
         self._tls = (tls_ca, tls_cert, tls_key)
         self.gid = os.getgid()
         self.client: Client | None = None
@@ -172,6 +181,7 @@ class RemoteTree:
             self.address, msize=self.msize, timeout=self.connect_timeout,
             tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
         )  # fmt: skip
+        client.timeout = self.request_timeout
         try:
             fid, qid = await asyncio.wait_for(
                 client.attach(self.aname, key=self.key), self.connect_timeout
@@ -611,10 +621,19 @@ class RemoteTree:
         async def op(client: Client, gen: int) -> list[DirEntryAttr]:
             fid = await self._handle_fid(client, gen, h)
             pos = start
+            if start == 0:
+                h.dir_served = 0
+            if h.dir_served > MAX_DIR_ENTRIES:  # a server that lists for ever (cookies cycle)
+                raise OSError(errno.EOVERFLOW, f"more than {MAX_DIR_ENTRIES} directory entries")
+            asked = {pos}
             while True:
                 ents = self._buffered(h, pos)
                 if ents is None:
                     ents = await client.readdir(fid, pos)
+                    if ents and ents[-1].offset in asked:
+                        raise protocol_error(f"readdir cookie {ents[-1].offset} again")
+                    if any(d.offset > OFF_MAX for d in ents):
+                        raise OSError(errno.EOVERFLOW, "readdir cookie beyond FUSE's off_t")
                     h.dir_start, h.dir_buf = pos, ents
                 if not ents:
                     return []
@@ -629,8 +648,10 @@ class RemoteTree:
                     self.readdir_done(found, 0)  # unpin what was resolved
                     raise failed[0]
                 if found:
+                    h.dir_served += len(found)
                     return found
                 pos = batch[-1].offset  # all vanished or were . and ..: go on
+                asked.add(pos)
 
         return await self.run(op)
 
@@ -674,11 +695,7 @@ class RemoteTree:
         inode = self.inode(ino)
 
         async def op(client: Client, gen: int) -> bytes:
-            xfid, size = await client.xattrwalk(await self._inode_fid(client, gen, inode), name)
-            try:
-                return await client.pread(xfid, 0, size) if size else b""
-            finally:
-                client.clunk_soon(xfid)
+            return await client.read_xattr(await self._inode_fid(client, gen, inode), name)
 
         return await self.run(op)
 
