@@ -138,3 +138,44 @@ def test_serve_command_line_vhost_user(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(20) == 0
+
+
+def test_virtio_fs_requests_in_the_live_metrics(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from p9share.server.metrics import MetricsEndpoint
+    from p9share.top import fetch
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "hello").write_text("in a\n")
+    policy = Policy({"a": Export("a", str(tmp_path / "a"))},
+                    {"vm1": Client("vm1", (Match(listener="vm1"),), {"a": Rights()})})  # fmt: skip
+    srv = Server(policy, metrics=True)
+    srv.listen(parse_address(f"vhost-user:{tmp_path}/vm1.fs"), name="vm1")
+    assert srv.metrics is not None
+    ep = MetricsEndpoint("tcp:127.0.0.1:0", srv.metrics)
+    ep.start()
+    try:
+        fe, q = mount(f"{tmp_path}/vm1.fs")
+        entry = fuse.parse_entry_out(lookup(q, fuse.ROOT_ID, "hello", 2).body)
+        assert lookup(q, fuse.ROOT_ID, "missing", 3).error == errno.ENOENT
+        fh, _ = fuse.parse_open_out(call(q, fuse.Open(4, entry.nodeid, UID, GID, 1, 0, 0)).body)
+        assert call(q, fuse.Read(5, entry.nodeid, UID, GID, 1, fh, 0, 100, 0, 0, 0)).error == 0
+        samples = {}
+        for fam in text_string_to_metric_families(fetch(ep.address)):
+            for s in fam.samples:
+                samples[s.name, frozenset(s.labels.items())] = s.value
+        who = {"protocol": "virtio-fs", "client": "vm1", "export": "a"}
+
+        def v(name: str, **labels: str) -> float:
+            return samples[name, frozenset({**labels}.items())]
+
+        assert v("p9share_requests_total", **who, op="lookup") == 2
+        assert v("p9share_errors_total", **who, op="lookup", errno="ENOENT") == 1
+        assert v("p9share_read_bytes_total", **who) == 5
+        assert v("p9share_connections", protocol="virtio-fs", client="vm1") == 1
+        assert v("p9share_fids", **who) == 2  # the root and hello
+        fe.close()
+    finally:
+        ep.stop()
+        srv.stop()

@@ -237,10 +237,15 @@ class Server:
         def session() -> FuseRequestHandler:
             # the policy and backends of now: a reload applies from the next connection
             name = self._vhost_exports[label]
+            observe = None
+            if self.metrics is not None:
+                client = self.policy.identify(peer)
+                who = client.name if client is not None and self.policy.clients else label
+                observe = self.metrics.stats("virtio-fs", who, name).request
             return FuseRequestHandler(FuseSession(
                 self.policy, self.backends, name, peer, audit=self.audit, quotas=self.quotas,
                 cache=self.policy.exports[name].cache,
-            ))  # fmt: skip
+            ), observe)  # fmt: skip
 
         listener = VhostUserListener(addr.path, session)
         try:
@@ -303,6 +308,16 @@ class Server:
             connections["9p", client] = connections.get(("9p", client), 0) + 1
             for export, n in sess.fids.count_by_export().items():
                 fids["9p", client, export] = fids.get(("9p", client, export), 0) + n
+        for v in self._vhost:  # virtio-fs: one front end per socket, its inodes
+            vc = v.connection
+            handler = vc.handler if vc is not None else None
+            if isinstance(handler, FuseRequestHandler):
+                fs = handler.session
+                who = (
+                    fs.client.name if fs.client and self.policy.clients else f"vhost-user:{v.path}"
+                )
+                connections["virtio-fs", who] = connections.get(("virtio-fs", who), 0) + 1
+                fids["virtio-fs", who, fs.export.name] = fs.inode_count()
         quota = {name: (q.bytes_used, q.files_used, q.export.quota_bytes, q.export.quota_files)
                  for name, q in self.quotas.items()}  # fmt: skip
         return Gauges(connections, fids, quota)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
+from collections.abc import Callable
 
 from . import fuse
 from .session import FuseSession
@@ -19,15 +21,21 @@ log = logging.getLogger("p9share.virtiofs")
 _OUT_HEADER = 16  # fuse_out_header: len, error, unique
 
 
+# what each finished request is told to: (op, errno, seconds, bytes read, bytes written)
+Observer = Callable[[str, int, float, int, int], None]
+
+
 class FuseRequestHandler:
     """Feeds one connection's chains to its FuseSession."""
 
-    def __init__(self, session: FuseSession) -> None:
+    def __init__(self, session: FuseSession, observe: Observer | None = None) -> None:
         self.session = session
+        self.observe = observe  # the live metrics, when the server keeps them
 
     def handle(self, reader: ChainReader, writer: ChainWriter) -> None:
         data = reader.read(reader.remaining)  # bounded by the chain: the guest's own buffers
         writer.defer()
+        t0 = time.perf_counter()
 
         def done(reply: bytes | None) -> None:
             try:
@@ -35,11 +43,28 @@ class FuseRequestHandler:
                     _write_reply(writer, data, reply)
             finally:
                 writer.complete()
+                if self.observe is not None:
+                    _observe(self.observe, data, reply, time.perf_counter() - t0)
 
         self.session.submit(data, done)
 
     def close(self) -> None:
         self.session.close()
+
+
+def _observe(observe: Observer, request: bytes, reply: bytes | None, seconds: float) -> None:
+    """What one request did, from its bytes: opcode, errno, data moved."""
+    if len(request) < 8:
+        return
+    opcode = int.from_bytes(request[4:8], "little")
+    err = -int.from_bytes(reply[4:8], "little", signed=True) if reply and len(reply) >= 16 else 0
+    nread = nwritten = 0
+    if not err and reply is not None:
+        if opcode == fuse.Opcode.READ:
+            nread = len(reply) - _OUT_HEADER
+        elif opcode == fuse.Opcode.WRITE and len(reply) >= _OUT_HEADER + 4:
+            nwritten = int.from_bytes(reply[16:20], "little")
+    observe(fuse.opcode_name(opcode).lower(), max(0, err), seconds, nread, nwritten)
 
 
 def _write_reply(writer: ChainWriter, request: bytes, reply: bytes) -> None:

@@ -409,6 +409,11 @@ class FuseSession:
         except OSError as e:
             log.info("%s: close: %s", self.peer, e)
 
+    def inode_count(self) -> int:
+        """Inodes the guest holds (for the live metrics)."""
+        with self._lock:
+            return len(self._inodes)
+
     def close(self) -> None:
         """Release every handle and inode (DESTROY, or the connection ended).
         What a request still in flight uses is released when it ends."""
