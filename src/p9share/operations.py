@@ -118,7 +118,7 @@ class Operations:
     # ------------------------------------------------------------- audit --
     def denied(self, op: str, where: Target | None, name: str | None, e: PolicyError) -> None:
         """Log and audit a refusal (the session calls it for every PolicyError)."""
-        log.info("%s: denied %s: %s", self.peer, op, e.reason)
+        log.info("%s: denied %s: %.200s", self.peer, op, e.reason)  # a guest's name may be huge
         path = f"{where.export.name}:{where.path}" if where is not None else ""
         self.audit.emit("denied", peer=self.peer, client=self.client_name(), op=op,
                         path=path, name=name, rule=e.rule, reason=e.reason)  # fmt: skip
