@@ -6,7 +6,7 @@ Two checks hold for every test session:
   and the summary names it: a skip hides whatever the test checks, so each
   allowed one is listed there with its reason.
 - A test during which a p9share server logged an internal error (an ERROR
-  record of logger p9share.server: log.exception after an unexpected
+  record of logger p9share.server or p9share.virtiofs: log.exception after an unexpected
   exception) fails, whether the server ran in the test's process or as a
   subprocess whose stderr a helper hands to watch_server_stderr().
 """
@@ -145,9 +145,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 # ------------------------------------------- internal errors of any server --
-SERVER_LOGGER = "p9share.server"
+# the 9P server's and the virtio-fs device's and session's loggers
+SERVER_LOGGERS = ("p9share.server", "p9share.virtiofs")
 # what a subprocess server's log (cli.py's format) shows for one
-_INTERNAL_LINE = re.compile(r"\bp9share\.server(\.\S+)? (ERROR|CRITICAL) |^Traceback \(most recent")
+_INTERNAL_LINE = re.compile(
+    r"\bp9share\.(server|virtiofs)(\.\S+)? (ERROR|CRITICAL) |^Traceback \(most recent"
+)
 
 
 class _Records(logging.Handler):
@@ -217,14 +220,16 @@ def pytest_configure(config: pytest.Config) -> None:
 def server_errors(request: pytest.FixtureRequest) -> Iterator[ServerErrors]:
     global _watch
     watch = ServerErrors()
-    logger = logging.getLogger(SERVER_LOGGER)
-    logger.addHandler(watch.handler)
+    loggers = [logging.getLogger(name) for name in SERVER_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(watch.handler)
     _watch = watch
     try:
         yield watch
     finally:
         _watch = None
-        logger.removeHandler(watch.handler)
+        for logger in loggers:
+            logger.removeHandler(watch.handler)
     found = watch.found()
     if found and request.node.get_closest_marker("internal_error_expected") is None:
         pytest.fail("a server logged an internal error during this test:\n" + "\n".join(found[:20]))

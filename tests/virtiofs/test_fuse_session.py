@@ -960,16 +960,23 @@ def test_create_into_full_tables_leaks_nothing(root: Path) -> None:
     assert open_fds() == base
 
 
-def test_device_node_with_grant_on_the_host(root: Path) -> None:
-    # as root, a devices grant makes a real device node; the 32-bit dev_t
-    # encoding (Linux's new_encode_dev) survives both ways
-    _s, g, _ = make_session(root, rights=Rights(devices=True))
+def test_device_numbers_both_ways_and_never_a_host_device(root: Path) -> None:
+    # devices are granted on mapped exports (a placeholder file keeps the
+    # type and number); the 32-bit dev_t encoding (Linux's new_encode_dev)
+    # survives both ways
+    exp = Export("share", str(root), idmap=mapped())
+    _s, g, _ = make_session(root, rights=Rights(devices=True), export=exp)
     g.init()
     rdev = (0x105 << 8) | 0x03 | (0x12300 << 12)  # major 0x105, minor 0x12303
     e = f.parse_entry_out(
         g.call(f.Mknod, 1, mode=stat.S_IFBLK | 0o600, rdev=rdev, umask=0, name="blk")
     )
-    st = os.lstat(root / "blk")
-    assert stat.S_ISBLK(st.st_mode)
-    assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (0x105, 0x12303)
+    assert stat.S_ISREG(os.lstat(root / "blk").st_mode)  # a plain file on the host
     assert e.attr.rdev == rdev and stat.S_ISBLK(e.attr.mode)
+    # a real device node is never made on a passthrough export, granted or not
+    exp2 = Export("raw", str(root))
+    _s2, g2, _ = make_session(root, rights=Rights(devices=True), export=exp2)
+    g2.init()
+    with pytest.raises(PermissionError):
+        g2.call(f.Mknod, 1, mode=stat.S_IFBLK | 0o600, rdev=rdev, umask=0, name="blk2")
+    assert not (root / "blk2").exists()
