@@ -1129,9 +1129,9 @@ class HostBackend(Backend):
         return self._readdir_from(f, cookie)
 
     def _readdir_from(self, f: HostOpenFile, cookie: int) -> Iterator[DirEntry]:
-        """'.' and '..' first (with cookies no kernel position has: the top
-        bit set), then the directory's own entries a batch at a time, no lock
-        held across a yield."""
+        """'.' and '..' first (cookies _AFTER_DOT and _AFTER_DOTS), then the
+        directory's own entries a batch at a time, no lock held across a
+        yield."""
         if cookie in (0, _AFTER_DOT):
             if cookie == 0:
                 yield DirEntry(
@@ -1465,10 +1465,13 @@ def _list_dir(fd: int) -> list[tuple[bytes, int, int]]:
 
 
 _DIR_BATCH = 32 * 1024  # getdents64 buffer of one readdir batch (about 500 entries)
-# readdir cookies after '.' and after '..': kernel d_off values are signed
-# 64-bit positions, never these (see HostBackend.readdir)
-_AFTER_DOT = (1 << 63) + 1
-_AFTER_DOTS = (1 << 63) + 2
+# readdir cookies after '.' and after '..', which p9share lists first (the
+# kernel's order puts them anywhere on hashed directories). 1 and 2 are what
+# tmpfs and btrfs give their own '.' and '..' (skipped), and no hashed or
+# byte-offset file system gives a real entry; any cookie must stay below
+# 2**63, as FUSE and Linux's v9fs take offsets as signed.
+_AFTER_DOT = 1
+_AFTER_DOTS = 2
 
 
 def _read_dir(fd: int, pos: int) -> list[tuple[bytes, int, int, int]]:
