@@ -147,7 +147,7 @@ MUTATIONS = [
         POLICY,
         "        if kind in (stat.S_IFCHR, stat.S_IFBLK) and not rights.devices:\n",
         "        if False:\n",
-        (ATTACKS, MATRIX),
+        (GRANTS, ATTACKS),
     ),
     Mutation(
         "mknod-fifos",
