@@ -2,8 +2,11 @@
 
     p9share serve [PATH] [--export NAME=PATH[:ro]]... [--listen ADDR]...
                   [--msize BYTES] [--log-level LEVEL] [--config FILE] [--audit-log FILE]
-                  [--metrics ADDR]
-    p9share top ADDR
+                  [--user NAME] [--landlock auto|required|off] [--seccomp auto|required|off]
+                  [--cache none|auto|always] [--metrics ADDR]
+      ADDR: tcp:HOST:PORT, tls:HOST:PORT, unix:PATH, fd:N, systemd:NAME (9P)
+            or vhost-user:PATH (virtio-fs)
+    p9share top ADDR [--interval SECONDS]
     p9share check-config FILE
     p9share keygen [--id NAME] [-o FILE]
 
@@ -368,10 +371,10 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="p9share", description="Share host directories with VMs over 9P."
+        prog="p9share", description="Share host directories with VMs over 9P and virtio-fs."
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    s = sub.add_parser("serve", help="export directories over 9P2000.L")
+    s = sub.add_parser("serve", help="export directories over 9P and virtio-fs")
     s.add_argument("path", nargs="?", help="directory to export (default: the current directory)")
     s.add_argument("--export", action="append", default=[], metavar="NAME=PATH[:ro]",
                    help="export PATH under attach name NAME (repeatable)")  # fmt: skip

@@ -131,7 +131,7 @@ def test_every_allowed_call_exists_on_both_architectures_or_has_a_twin() -> None
     # aarch64 lacks the old path calls; the list must carry what glibc uses there
     twins = {"open": "openat", "stat": "newfstatat", "lstat": "newfstatat",
              "poll": "ppoll", "select": "pselect6", "epoll_wait": "epoll_pwait",
-             "access": "faccessat", "readlink": "readlinkat"}  # fmt: skip
+             "access": "faccessat", "readlink": "readlinkat", "unlink": "unlinkat"}  # fmt: skip
     for name in sc.ALLOWED:
         if sc.SYSCALLS[name][1] is None:
             assert twins.get(name) in sc.ALLOWED, name

@@ -127,6 +127,7 @@ SYSCALLS: dict[str, tuple[int | None, int | None]] = {
     "preadv": (295, 69),
     "pwritev": (296, 70),
     "readlink": (89, None),
+    "unlink": (87, None),
     # never allowed; named for the probe and the tests
     "clone3": (435, 435),
     "execve": (59, 221),
@@ -152,6 +153,8 @@ _NEVER = ("clone3", "execve", "ptrace", "mount", "unshare", "seccomp")
 #   preadv, pwritev  reads and writes straight into and out of guest memory
 #   readlink      /proc/self/fd/N tells an eventfd from other fds (x86_64's
 #                 os.readlink without dir_fd; aarch64 has only readlinkat)
+#   unlink        a vhost-user listener removes its socket file at stop
+#                 (x86_64's os.unlink; aarch64 has only unlinkat)
 ALLOWED: tuple[str, ...] = tuple(n for n in SYSCALLS if n not in _NEVER)
 
 # What the probe hook tries (P9SHARE_SECCOMP_PROBE): harmless even unfiltered

@@ -160,7 +160,6 @@ class Server:
         self._retired: list[Backend] = []  # backends replaced by a reload
         self._pending: list[Callable[[], None]] = []  # bound, not yet served
         self._vhost: list[VhostUserListener] = []  # virtio-fs devices
-        self._vhost_exports: dict[str, str] = {}  # their listener names -> export
         self._reload_lock = threading.RLock()
         # live metrics (--metrics): counters per client and export
         self.metrics = Metrics(self._gauges) if metrics else None
@@ -232,11 +231,17 @@ class Server:
             exp, _ = self.policy.select_export(export or "", self.policy.identify(peer))
         except PolicyError as e:
             raise AddressError(f"{addr}: {e.reason}") from None
-        self._vhost_exports[label] = exp.name
+        export_of = [exp.name]  # this listener's own (names may repeat outside a policy file)
 
         def session() -> FuseRequestHandler:
             # the policy and backends of now: a reload applies from the next connection
-            name = self._vhost_exports[label]
+            name = export_of[0]
+            try:
+                self.policy.select_export(name, self.policy.identify(peer))
+            except PolicyError as e:  # a reload took the grant away
+                self.audit.emit("attach-denied", peer=label, aname=name, rule=e.rule,
+                                reason=e.reason, transport="virtio-fs")  # fmt: skip
+                raise OSError(e.errno or errno.EACCES, e.reason) from None
             observe = None
             if self.metrics is not None:
                 client = self.policy.identify(peer)

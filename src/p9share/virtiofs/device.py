@@ -569,6 +569,10 @@ class VhostUserListener:
                 self.connections += 1
                 try:
                     c = _Connection(conn, self, f"{self.path}#{self.connections}")
+                except OSError as e:  # the handler factory refused it (a policy, a limit)
+                    log.warning("%s: connection refused: %s", self.path, e.strerror or e)
+                    conn.close()
+                    continue
                 except Exception:
                     log.exception("%s: cannot set up a connection", self.path)
                     conn.close()

@@ -479,7 +479,10 @@ class FuseSession:
         if req.major < fuse.KERNEL_VERSION or req.minor < fuse.MIN_MINOR:
             raise OSError(errno.EPROTO, f"FUSE {req.major}.{req.minor} is older than 7.31")
         if self.proto is not None:
-            raise OSError(errno.EPROTO, "INIT twice")
+            # the guest was reset inside a running VMM (a reboot): the mount
+            # that held these inodes and handles is gone; start afresh
+            log.info("%s: INIT again: the guest was reset; its old inodes are released", self.peer)
+            self.close()
         minor = min(req.minor, fuse.MAX_MINOR)
         want = _INIT_ALWAYS
         if self.cache != "none":
