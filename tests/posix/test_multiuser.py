@@ -202,3 +202,23 @@ def test_tree_attaches_per_uid_within_a_bound() -> None:
     finally:
         server.stop()
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_setgid_directory_gives_its_group(shared: tuple[Path, Path]) -> None:
+    """A new entry in a set-gid directory takes the directory's group (and a
+    new subdirectory the set-gid bit), whoever creates it."""
+    d, host = shared
+    (host / "g").mkdir()
+    os.chown(host / "g", 0, SHARED_GID)
+    (host / "g").chmod(0o2777)
+
+    def make() -> None:
+        os.close(os.open(d / "g" / "f", os.O_WRONLY | os.O_CREAT, 0o644))
+        os.mkdir(d / "g" / "sub")
+        os.symlink("f", d / "g" / "ln")
+
+    assert as_user(B, make) is None  # B is not in SHARED_GID
+    for name in ("f", "sub", "ln"):
+        st = os.lstat(host / "g" / name)
+        assert (st.st_uid, st.st_gid) == (B[0], SHARED_GID), name
+    assert os.stat(host / "g" / "sub").st_mode & stat.S_ISGID

@@ -121,6 +121,9 @@ class Operations(pyfuse3.Operations):
             return None
         return int(ctx.uid)
 
+    def _gid(self, parent_inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return self.tree.create_gid(parent_inode, ctx.gid)
+
     async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         assert self.bridge is not None
         try:
@@ -218,7 +221,14 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         inode, a = await self._call(
-            self.tree.mknod(parent_inode, os.fsdecode(name), mode, rdev, ctx.gid, self._uid(ctx))
+            self.tree.mknod(
+                parent_inode,
+                os.fsdecode(name),
+                mode,
+                rdev,
+                self._gid(parent_inode, ctx),
+                self._uid(ctx),
+            )
         )
         return self._entry(inode, a)
 
@@ -227,7 +237,11 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         inode, a = await self._call(
             self.tree.mkdir(
-                parent_inode, os.fsdecode(name), stat.S_IMODE(mode), ctx.gid, self._uid(ctx)
+                parent_inode,
+                os.fsdecode(name),
+                stat.S_IMODE(mode) | self.tree.inherited_setgid(parent_inode),
+                self._gid(parent_inode, ctx),
+                self._uid(ctx),
             )
         )
         return self._entry(inode, a)
@@ -243,7 +257,11 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         inode, a = await self._call(
             self.tree.symlink(
-                parent_inode, os.fsdecode(name), os.fsdecode(target), ctx.gid, self._uid(ctx)
+                parent_inode,
+                os.fsdecode(name),
+                os.fsdecode(target),
+                self._gid(parent_inode, ctx),
+                self._uid(ctx),
             )
         )
         return self._entry(inode, a)
@@ -285,7 +303,12 @@ class Operations(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         h, inode, a = await self._call(
             self.tree.create(
-                parent_inode, os.fsdecode(name), stat.S_IMODE(mode), flags, ctx.gid, self._uid(ctx)
+                parent_inode,
+                os.fsdecode(name),
+                stat.S_IMODE(mode),
+                flags,
+                self._gid(parent_inode, ctx),
+                self._uid(ctx),
             )
         )
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(h.fh)), self._entry(inode, a)

@@ -40,6 +40,7 @@ import errno
 import logging
 import os
 import posixpath
+import stat
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -96,6 +97,8 @@ class Inode:
     qid_path: int
     path: str  # from the export root; "/" is the root
     btime_ns: int = 0  # birth time, when the server knows it: qid.path may be reused
+    mode: int = 0  # from the last attributes seen (a set-gid directory's group is inherited)
+    gid: int = 0
     lookups: int = 0
     pins: int = 0  # in-flight readdir batches holding it
     fid: int | None = None
@@ -472,6 +475,7 @@ class RemoteTree:
             if ino != ROOT_INO:
                 inode.path = path
         inode.btime_ns = birth_ns(attr) or inode.btime_ns
+        inode.mode, inode.gid = attr.mode, attr.gid
         inode.lookups += lookups
         return inode
 
@@ -528,9 +532,26 @@ class RemoteTree:
         inode = self.inode(ino)
 
         async def op(client: Client, gen: int) -> m.Rgetattr:
-            return await client.getattr(await self._fid(client, gen, inode, uid))
+            a = await client.getattr(await self._fid(client, gen, inode, uid))
+            inode.mode, inode.gid = a.mode, a.gid
+            return a
 
         return await self.run(op, uid)
+
+    def inherited_setgid(self, parent_ino: int) -> int:
+        """S_ISGID for a new directory in a set-gid directory (as v9fs's
+        mkdir does: the host's own inheritance is lost once the server sets
+        the mode and owner), else 0."""
+        parent = self.inodes.get(parent_ino)
+        return stat.S_ISGID if parent is not None and parent.mode & stat.S_ISGID else 0
+
+    def create_gid(self, parent_ino: int, caller_gid: int) -> int:
+        """The group of a new entry: a set-gid directory's own (as a local
+        file system and v9fs do), else the caller's."""
+        parent = self.inodes.get(parent_ino)
+        if parent is not None and parent.mode & stat.S_ISGID:
+            return parent.gid
+        return caller_gid
 
     async def setattr(
         self, ino: int, fh: int | None, valid: int, *, mode: int = 0, uid: int = 0, gid: int = 0,
@@ -548,7 +569,9 @@ class RemoteTree:
             if valid:
                 await client.setattr(fid, valid, mode=mode, uid=uid, gid=gid, size=size,
                                      atime_ns=atime_ns, mtime_ns=mtime_ns)  # fmt: skip
-            return await client.getattr(fid)
+            a = await client.getattr(fid)
+            inode.mode, inode.gid = a.mode, a.gid
+            return a
 
         return await self.run(op, caller)
 
