@@ -222,3 +222,44 @@ def test_setgid_directory_gives_its_group(shared: tuple[Path, Path]) -> None:
         st = os.lstat(host / "g" / name)
         assert (st.st_uid, st.st_gid) == (B[0], SHARED_GID), name
     assert os.stat(host / "g" / "sub").st_mode & stat.S_ISGID
+
+
+def test_users_survive_a_server_restart() -> None:
+    """A user's open file and new files after the server was killed and
+    restarted: its attach is made again, on the new connection, as itself."""
+    s = FuseSetup("--allow-other", "--reconnect-timeout", "20").start()
+    try:
+        d = s.mount.mountpoint / "shared"
+        (s.export / "shared").mkdir()
+        (s.export / "shared").chmod(0o1777)
+        go_r, go_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child, as A
+            status = 1
+            try:
+                os.setgroups([A[1]])
+                os.setresgid(A[1], A[1], A[1])
+                os.setresuid(A[0], A[0], A[0])
+                fd = os.open(d / "open", os.O_WRONLY | os.O_CREAT, 0o644)
+                os.write(fd, b"before ")
+                os.write(ready_w, b"1")
+                os.read(go_r, 1)
+                os.write(fd, b"after")
+                os.close(fd)
+                os.mkdir(d / "made-after")
+                status = 0
+            finally:
+                os._exit(status)
+        assert os.read(ready_r, 1) == b"1"
+        s.server.kill()
+        s.server.start()
+        os.write(go_w, b"1")
+        _, status = os.waitpid(pid, 0)
+        assert status == 0
+        assert (s.export / "shared" / "open").read_bytes() == b"before after"
+        for name in ("open", "made-after"):
+            st = os.stat(s.export / "shared" / name)
+            assert (st.st_uid, st.st_gid) == A, name
+    finally:
+        s.close()
