@@ -152,7 +152,11 @@ def add_commands(subparsers: Any) -> None:
                    help="how long requests wait for a lost server before EIO (default 30)")  # fmt: skip
     p.add_argument("--attr-timeout", type=float, default=1.0, metavar="SECONDS",
                    help="how long the kernel caches attributes and names (default 1)")  # fmt: skip
-    p.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    p.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users use the mount, each as itself (one 9P attach per caller uid)",
+    )
     p.set_defaults(func=cmd_mount)
 
 

@@ -6,6 +6,13 @@ client is asyncio, running on a LoopThread. Each handler submits a coroutine
 of tree.RemoteTree to that loop and sleeps on a trio.Event that the asyncio
 side sets through the trio token: no worker thread per request.
 
+Identity: on a multi-user mount (--allow-other) each request names the
+calling process's uid (pyfuse3's RequestContext) to RemoteTree, which keeps
+an attach and fids per uid; new files carry the caller's gid. Requests that
+pyfuse3 gives no context (read, write, fsync, readdir, release) go through
+the handle that the caller opened. Without --allow-other only the mounter
+can reach the mount (the kernel refuses everyone else), so one identity.
+
 Unmounting: SIGINT/SIGTERM end the FUSE loop and unmount; `fusermount3 -u`
 (or umount) ends the loop by itself. Either way the exit status is 0.
 """
@@ -31,13 +38,14 @@ from ..client.sync import LoopThread
 from ..protocol import constants as c
 from ..protocol import messages as m
 from ..security.auth import Key
-from .tree import Inode, RemoteTree
+from .tree import MAX_USERS, Inode, RemoteTree
 
 log = logging.getLogger("p9share.fuse")
 
 T = TypeVar("T")
 NS = 10**9
 I64 = (1 << 63) - 1  # off_t, blkcnt_t, blksize_t and time_t are signed 64-bit
+RENAME_NOREPLACE = 1  # <linux/fs.h>; the os module has no names for these
 
 
 @dataclass
@@ -50,7 +58,8 @@ class MountOptions:
     reconnect_timeout: float = 30.0
     attr_timeout: float = 1.0  # kernel caching of attributes and names
     timeout: float | None = DEFAULT_TIMEOUT  # each 9P request; then ETIMEDOUT
-    allow_other: bool = False
+    allow_other: bool = False  # also: one 9P identity per calling uid
+    max_users: int = MAX_USERS  # caller uids attached at once (LRU beyond)
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -99,11 +108,21 @@ class Operations(pyfuse3.Operations):
 
     enable_writeback_cache = False  # a write returns only once the server has it
 
-    def __init__(self, tree: RemoteTree, attr_timeout: float) -> None:
+    def __init__(self, tree: RemoteTree, attr_timeout: float, multi_user: bool = False) -> None:
         super().__init__()
         self.tree = tree
         self.timeout = attr_timeout
+        self.multi_user = multi_user
         self.bridge: Bridge | None = None
+
+    def _uid(self, ctx: pyfuse3.RequestContext) -> int | None:
+        """The identity a request runs under: None is the mounter's attach."""
+        if not self.multi_user or ctx.uid == self.tree.owner_uid:
+            return None
+        return int(ctx.uid)
+
+    def _gid(self, parent_inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return self.tree.create_gid(parent_inode, ctx.gid)
 
     async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         assert self.bridge is not None
@@ -141,7 +160,9 @@ class Operations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        inode, a = await self._call(self.tree.lookup(parent_inode, os.fsdecode(name)))
+        inode, a = await self._call(
+            self.tree.lookup(parent_inode, os.fsdecode(name), self._uid(ctx))
+        )
         return self._entry(inode, a)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -157,7 +178,7 @@ class Operations(pyfuse3.Operations):
             log.exception("forget failed")
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        a = await self._call(self.tree.getattr(inode))
+        a = await self._call(self.tree.getattr(inode, self._uid(ctx)))
         return self._entry(self.tree.inodes.get(inode) or Inode(inode, 0, ""), a)
 
     async def setattr(
@@ -188,19 +209,26 @@ class Operations(pyfuse3.Operations):
             self.tree.setattr(
                 inode, fh, valid, mode=stat.S_IMODE(attr.st_mode), uid=attr.st_uid,
                 gid=attr.st_gid, size=attr.st_size, atime_ns=attr.st_atime_ns,
-                mtime_ns=attr.st_mtime_ns,
+                mtime_ns=attr.st_mtime_ns, caller=self._uid(ctx),
             )
         )  # fmt: skip
         return self._entry(self.tree.inodes.get(inode) or Inode(inode, 0, ""), a)
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return os.fsencode(await self._call(self.tree.readlink(inode)))
+        return os.fsencode(await self._call(self.tree.readlink(inode, self._uid(ctx))))
 
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         inode, a = await self._call(
-            self.tree.mknod(parent_inode, os.fsdecode(name), mode, rdev, ctx.gid)
+            self.tree.mknod(
+                parent_inode,
+                os.fsdecode(name),
+                mode,
+                rdev,
+                self._gid(parent_inode, ctx),
+                self._uid(ctx),
+            )
         )
         return self._entry(inode, a)
 
@@ -208,21 +236,33 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         inode, a = await self._call(
-            self.tree.mkdir(parent_inode, os.fsdecode(name), stat.S_IMODE(mode), ctx.gid)
+            self.tree.mkdir(
+                parent_inode,
+                os.fsdecode(name),
+                stat.S_IMODE(mode) | self.tree.inherited_setgid(parent_inode),
+                self._gid(parent_inode, ctx),
+                self._uid(ctx),
+            )
         )
         return self._entry(inode, a)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._call(self.tree.unlink(parent_inode, os.fsdecode(name)))
+        await self._call(self.tree.unlink(parent_inode, os.fsdecode(name), uid=self._uid(ctx)))
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._call(self.tree.unlink(parent_inode, os.fsdecode(name), rmdir=True))
+        await self._call(self.tree.unlink(parent_inode, os.fsdecode(name), True, self._uid(ctx)))
 
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         inode, a = await self._call(
-            self.tree.symlink(parent_inode, os.fsdecode(name), os.fsdecode(target), ctx.gid)
+            self.tree.symlink(
+                parent_inode,
+                os.fsdecode(name),
+                os.fsdecode(target),
+                self._gid(parent_inode, ctx),
+                self._uid(ctx),
+            )
         )
         return self._entry(inode, a)
 
@@ -235,29 +275,41 @@ class Operations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        if flags:
-            raise pyfuse3.FUSEError(errno.EINVAL)  # 9P has no RENAME_NOREPLACE/EXCHANGE
+        if flags & ~RENAME_NOREPLACE:
+            # RENAME_EXCHANGE (and WHITEOUT): 9P2000.L has no atomic exchange,
+            # and two renames would leave a window with a name missing.
+            raise pyfuse3.FUSEError(errno.EINVAL)
         await self._call(
             self.tree.rename(parent_inode_old, os.fsdecode(name_old), parent_inode_new,
-                             os.fsdecode(name_new))
+                             os.fsdecode(name_new), self._uid(ctx),
+                             noreplace=bool(flags & RENAME_NOREPLACE))
         )  # fmt: skip
 
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        node, a = await self._call(self.tree.link(inode, new_parent_inode, os.fsdecode(new_name)))
+        node, a = await self._call(
+            self.tree.link(inode, new_parent_inode, os.fsdecode(new_name), self._uid(ctx))
+        )
         return self._entry(node, a)
 
     # ----------------------------------------------------------- files --
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        h = await self._call(self.tree.open(inode, flags))
+        h = await self._call(self.tree.open(inode, flags, uid=self._uid(ctx)))
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(h.fh))
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         h, inode, a = await self._call(
-            self.tree.create(parent_inode, os.fsdecode(name), stat.S_IMODE(mode), flags, ctx.gid)
+            self.tree.create(
+                parent_inode,
+                os.fsdecode(name),
+                stat.S_IMODE(mode),
+                flags,
+                self._gid(parent_inode, ctx),
+                self._uid(ctx),
+            )
         )
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(h.fh)), self._entry(inode, a)
 
@@ -281,7 +333,7 @@ class Operations(pyfuse3.Operations):
 
     # ----------------------------------------------------- directories --
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        h = await self._call(self.tree.open(inode, os.O_RDONLY, is_dir=True))
+        h = await self._call(self.tree.open(inode, os.O_RDONLY, True, self._uid(ctx)))
         return h.fh
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -309,7 +361,7 @@ class Operations(pyfuse3.Operations):
         pass
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        r = await self._call(self.tree.statfs())
+        r = await self._call(self.tree.statfs(self._uid(ctx)))
         s = pyfuse3.StatvfsData()
         s.f_bsize = r.bsize
         s.f_frsize = r.bsize
@@ -326,21 +378,23 @@ class Operations(pyfuse3.Operations):
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        await self._call(self.tree.setxattr(inode, os.fsdecode(name), value))
+        await self._call(self.tree.setxattr(inode, os.fsdecode(name), value, uid=self._uid(ctx)))
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         try:
-            return await self._call(self.tree.getxattr(inode, os.fsdecode(name)))
+            return await self._call(self.tree.getxattr(inode, os.fsdecode(name), self._uid(ctx)))
         except pyfuse3.FUSEError as e:
             if e.errno == errno.ENODATA:
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
             raise
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return [os.fsencode(n) for n in await self._call(self.tree.listxattr(inode))]
+        return [
+            os.fsencode(n) for n in await self._call(self.tree.listxattr(inode, self._uid(ctx)))
+        ]
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._call(self.tree.removexattr(inode, os.fsdecode(name)))
+        await self._call(self.tree.removexattr(inode, os.fsdecode(name), self._uid(ctx)))
 
 
 def fuse_options(opts: MountOptions) -> set[str]:
@@ -385,7 +439,7 @@ def run_mount(opts: MountOptions, ready: Any = None) -> int:
     tree = RemoteTree(
         opts.address, aname=opts.aname, key=opts.key, read_only=opts.read_only,
         reconnect_timeout=opts.reconnect_timeout, request_timeout=opts.timeout, tls_ca=opts.tls_ca,
-        tls_cert=opts.tls_cert, tls_key=opts.tls_key,
+        tls_cert=opts.tls_cert, tls_key=opts.tls_key, max_users=opts.max_users,
     )  # fmt: skip
     try:
         try:
@@ -395,7 +449,7 @@ def run_mount(opts: MountOptions, ready: Any = None) -> int:
             if ready is not None:
                 ready(msg)
             return 1
-        ops = Operations(tree, opts.attr_timeout)
+        ops = Operations(tree, opts.attr_timeout, multi_user=opts.allow_other)
         try:
             pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
         except RuntimeError as e:

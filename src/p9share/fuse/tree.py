@@ -16,10 +16,20 @@ tables need no locks; mount.py calls in from the FUSE (trio) side.
   again lazily; a path that no longer names the same file (qid.path) makes
   that inode or handle fail with EIO for good.
 - Writes go to the server before they return: nothing is buffered here.
+- Identity per caller (multi-user mounts, mount.py decides): a caller whose
+  uid is not the mounter's gets its own attach (Tattach n_uname = uid, as
+  Linux v9fs does with access=user) and its own fids, walked from that root:
+  the server sees each user's requests on that user's fids, so new files are
+  the caller's and the id mapping and grants apply per uid. At most
+  max_users such attaches are kept; the least recently used idle one is
+  clunked (with its fids) to make room. Handles keep the fid they were
+  opened on, so an open file outlives its user's eviction.
 - The server is not trusted: each request times out after request_timeout
   seconds (ETIMEDOUT, the request flushed), and the client library checks
   every count (see client/aio.py); a directory whose cookies do not advance
-  is EPROTO, and one that does not fit FUSE's signed offsets is EOVERFLOW.
+  is EPROTO. The server's directory cookies are any u64; FUSE's offsets are
+  a signed off_t, so each handle hands the kernel its own offsets (1, 2, ...)
+  and maps them back (at most MAX_DIR_ENTRIES per listing).
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ import errno
 import logging
 import os
 import posixpath
+import stat
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -49,7 +61,7 @@ ROOT_INO = 1
 ZERO_INO = (1 << 64) - 2  # stands in for a qid.path of 0 (FUSE has no inode 0)
 READDIR_BATCH = 32  # entries resolved (walk + getattr) at once for one FUSE readdir
 READ_ONLY_FLAGS = c.L_O_ACCMODE
-OFF_MAX = (1 << 63) - 1  # FUSE directory offsets are a signed off_t
+MAX_USERS = 64  # distinct caller uids attached at once (LRU beyond)
 
 # os.O_* flags that mean the same on the server (by name: the numbers differ
 # between architectures). O_CREAT, O_EXCL and O_TRUNC are applied once, at
@@ -85,6 +97,8 @@ class Inode:
     qid_path: int
     path: str  # from the export root; "/" is the root
     btime_ns: int = 0  # birth time, when the server knows it: qid.path may be reused
+    mode: int = 0  # from the last attributes seen (a set-gid directory's group is inherited)
+    gid: int = 0
     lookups: int = 0
     pins: int = 0  # in-flight readdir batches holding it
     fid: int | None = None
@@ -93,11 +107,23 @@ class Inode:
 
 
 @dataclass(slots=True, eq=False)
+class User:
+    """One caller uid's attach in one session: its root fid and the fids
+    walked under it (by inode number)."""
+
+    uid: int
+    gen: int
+    root_fid: int
+    fids: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
 class Handle:
     fh: int
     inode: Inode
     flags: int  # 9P2000.L flags, for reopening
     is_dir: bool
+    uid: int | None = None  # the opener's identity (None: the mounter's)
     fid: int | None = None
     gen: int = -1
     iounit: int = 0
@@ -105,6 +131,7 @@ class Handle:
     dir_start: int = 0  # the cookie dir_buf starts after
     dir_buf: list[m.Dirent] = field(default_factory=list)
     dir_served: int = 0  # entries given to the kernel since it last read from offset 0
+    cookies: dict[int, int] = field(default_factory=dict)  # FUSE offset -> server cookie
 
 
 @dataclass(slots=True)
@@ -134,6 +161,7 @@ class RemoteTree:
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        max_users: int = MAX_USERS,
     ) -> None:
         self.address = address
         self.aname = aname
@@ -145,6 +173,10 @@ class RemoteTree:
         self.request_timeout = request_timeout
         self._tls = (tls_ca, tls_cert, tls_key)
         self.gid = os.getgid()
+        self.owner_uid = os.getuid()  # the default attach's n_uname
+        self.max_users = max_users
+        self.users: OrderedDict[int, User] = OrderedDict()  # least recently used first
+        self._active: dict[int, int] = {}  # uid -> requests in flight (not evicted)
         self.client: Client | None = None
         self.gen = 0
         self.root_fid = 0
@@ -251,19 +283,30 @@ class RemoteTree:
             except TimeoutError:
                 raise OSError(errno.EIO, f"no connection to {self.address}") from None
 
-    async def run(self, op: Callable[[Client, int], Awaitable[T]]) -> T:
+    async def run(self, op: Callable[[Client, int], Awaitable[T]], uid: int | None = None) -> T:
         """op(client, gen), retried on a new session when the connection is
-        lost; EIO after reconnect_timeout without one."""
+        lost; EIO after reconnect_timeout without one. uid's attach is not
+        evicted while op runs."""
         loop = asyncio.get_running_loop()
         deadline: float | None = None
-        while True:
-            client, gen = await self._session(deadline)
-            try:
-                return await op(client, gen)
-            except ConnectionLost:
-                self._lost(gen)
-                if deadline is None:
-                    deadline = loop.time() + self.reconnect_timeout
+        if uid is not None:
+            self._active[uid] = self._active.get(uid, 0) + 1
+        try:
+            while True:
+                client, gen = await self._session(deadline)
+                try:
+                    return await op(client, gen)
+                except ConnectionLost:
+                    self._lost(gen)
+                    if deadline is None:
+                        deadline = loop.time() + self.reconnect_timeout
+        finally:
+            if uid is not None:
+                n = self._active[uid] - 1
+                if n:
+                    self._active[uid] = n
+                else:
+                    del self._active[uid]
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -316,6 +359,73 @@ class RemoteTree:
         inode.fid, inode.gen = fid, gen
         return fid
 
+    # ------------------------------------------------------------ users --
+    async def _user(self, client: Client, gen: int, uid: int) -> User:
+        """uid's attach in session gen (made when first needed)."""
+        u = self.users.get(uid)
+        if u is not None and u.gen == gen:
+            self.users.move_to_end(uid)
+            return u
+        fid, qid = await client.attach(self.aname, uname=str(uid), n_uname=uid, key=self.key)
+        if qid.path != self.root_qid_path:
+            client.clunk_soon(fid)
+            raise OSError(errno.EIO, f"the export's root differs for uid {uid}")
+        u = self.users.get(uid)
+        if u is not None and u.gen == gen:  # a concurrent request attached first
+            client.clunk_soon(fid)
+            self.users.move_to_end(uid)
+            return u
+        self.users.pop(uid, None)  # an earlier session's: its fids died with it
+        self._evict(client, gen)
+        u = User(uid, gen, fid)
+        self.users[uid] = u
+        return u
+
+    def _evict(self, client: Client, gen: int) -> None:
+        """Make room for one more user: clunk the least recently used idle
+        ones (a user with a request in flight is kept, so the bound can be
+        exceeded by at most the requests in flight)."""
+        for uid in list(self.users):
+            if len(self.users) < self.max_users:
+                return
+            if self._active.get(uid):
+                continue
+            u = self.users.pop(uid)
+            if u.gen == gen:
+                for fid in (u.root_fid, *u.fids.values()):
+                    client.clunk_soon(fid)
+
+    async def _fid(self, client: Client, gen: int, inode: Inode, uid: int | None) -> int:
+        """inode's fid for uid (None: the mounter's tree)."""
+        if uid is None:
+            return await self._inode_fid(client, gen, inode)
+        if inode.stale:
+            raise stale(inode.path)
+        user = await self._user(client, gen, uid)
+        if inode.ino == ROOT_INO:
+            return user.root_fid
+        fid = user.fids.get(inode.ino)
+        if fid is not None:
+            return fid
+        # Walked from this user's root by the path the mounter's tree knows.
+        fid, qids = await client.walk(user.root_fid, split(inode.path))
+        if not qids or qids[-1].path != inode.qid_path:
+            client.clunk_soon(fid)
+            raise OSError(errno.ESTALE, f"{inode.path}: moved on the server")
+        return self._keep_user_fid(client, user, inode, fid)
+
+    def _keep_user_fid(self, client: Client, user: User, inode: Inode, fid: int) -> int:
+        have = user.fids.get(inode.ino)
+        if have is not None or self.users.get(user.uid) is not user:
+            client.clunk_soon(fid)  # a concurrent walk won, or the user was evicted
+            return have if have is not None else self._evicted(user)
+        user.fids[inode.ino] = fid
+        return fid
+
+    @staticmethod
+    def _evicted(user: User) -> int:
+        raise OSError(errno.EAGAIN, f"uid {user.uid}'s attach was just evicted")
+
     async def _handle_fid(
         self, client: Client, gen: int, h: Handle, open_flags: int | None = None
     ) -> int:
@@ -325,7 +435,7 @@ class RemoteTree:
             raise stale(h.inode.path)
         if h.fid is not None and h.gen == gen:
             return h.fid
-        ifid = await self._inode_fid(client, gen, h.inode)
+        ifid = await self._fid(client, gen, h.inode, h.uid)
         fid, _ = await client.walk(ifid, [])
         try:
             qid, iounit = await client.lopen(fid, h.flags if open_flags is None else open_flags)
@@ -365,6 +475,7 @@ class RemoteTree:
             if ino != ROOT_INO:
                 inode.path = path
         inode.btime_ns = birth_ns(attr) or inode.btime_ns
+        inode.mode, inode.gid = attr.mode, attr.gid
         inode.lookups += lookups
         return inode
 
@@ -376,6 +487,10 @@ class RemoteTree:
         if inode.fid is not None and inode.gen == self.gen and self.client is not None:
             self.client.clunk_soon(inode.fid)
         inode.fid = None
+        for user in self.users.values():
+            fid = user.fids.pop(inode.ino, None)
+            if fid is not None and user.gen == self.gen and self.client is not None:
+                self.client.clunk_soon(fid)
 
     def forget(self, items: list[tuple[int, int]]) -> None:
         for ino, n in items:
@@ -385,33 +500,62 @@ class RemoteTree:
                 self._drop_if_unused(inode)
 
     async def _walk_entry(
-        self, client: Client, gen: int, parent: Inode, name: str, lookups: int = 1
-    ) -> tuple[Inode, m.Rgetattr]:
-        pfid = await self._inode_fid(client, gen, parent)
+        self, client: Client, gen: int, parent: Inode, name: str, lookups: int = 1,
+        uid: int | None = None,
+    ) -> tuple[Inode, m.Rgetattr]:  # fmt: skip
+        pfid = await self._fid(client, gen, parent, uid)
         fid, _ = await client.walk(pfid, [name])
         try:
             attr = await client.getattr(fid)
         except BaseException:
             client.clunk_soon(fid)
             raise
-        return self._remember(client, gen, child_path(parent.path, name), fid, attr, lookups), attr
+        path = child_path(parent.path, name)
+        if uid is None:
+            return self._remember(client, gen, path, fid, attr, lookups), attr
+        inode = self._remember(client, gen, path, None, attr, lookups)
+        user = self.users.get(uid)
+        if user is None or user.gen != gen:
+            client.clunk_soon(fid)  # evicted meanwhile
+        else:
+            self._keep_user_fid(client, user, inode, fid)
+        return inode, attr
 
     # ------------------------------------------------------ operations --
-    async def lookup(self, parent_ino: int, name: str) -> tuple[Inode, m.Rgetattr]:
+    async def lookup(
+        self, parent_ino: int, name: str, uid: int | None = None
+    ) -> tuple[Inode, m.Rgetattr]:
         parent = self.inode(parent_ino)
-        return await self.run(lambda cl, g: self._walk_entry(cl, g, parent, name))
+        return await self.run(lambda cl, g: self._walk_entry(cl, g, parent, name, uid=uid), uid)
 
-    async def getattr(self, ino: int) -> m.Rgetattr:
+    async def getattr(self, ino: int, uid: int | None = None) -> m.Rgetattr:
         inode = self.inode(ino)
 
         async def op(client: Client, gen: int) -> m.Rgetattr:
-            return await client.getattr(await self._inode_fid(client, gen, inode))
+            a = await client.getattr(await self._fid(client, gen, inode, uid))
+            inode.mode, inode.gid = a.mode, a.gid
+            return a
 
-        return await self.run(op)
+        return await self.run(op, uid)
+
+    def inherited_setgid(self, parent_ino: int) -> int:
+        """S_ISGID for a new directory in a set-gid directory (as v9fs's
+        mkdir does: the host's own inheritance is lost once the server sets
+        the mode and owner), else 0."""
+        parent = self.inodes.get(parent_ino)
+        return stat.S_ISGID if parent is not None and parent.mode & stat.S_ISGID else 0
+
+    def create_gid(self, parent_ino: int, caller_gid: int) -> int:
+        """The group of a new entry: a set-gid directory's own (as a local
+        file system and v9fs do), else the caller's."""
+        parent = self.inodes.get(parent_ino)
+        if parent is not None and parent.mode & stat.S_ISGID:
+            return parent.gid
+        return caller_gid
 
     async def setattr(
         self, ino: int, fh: int | None, valid: int, *, mode: int = 0, uid: int = 0, gid: int = 0,
-        size: int = 0, atime_ns: int = 0, mtime_ns: int = 0,
+        size: int = 0, atime_ns: int = 0, mtime_ns: int = 0, caller: int | None = None,
     ) -> m.Rgetattr:  # fmt: skip
         self._check_writable()
         inode = self.inode(ino)
@@ -421,86 +565,112 @@ class RemoteTree:
             if handle is not None:
                 fid = await self._handle_fid(client, gen, handle)
             else:
-                fid = await self._inode_fid(client, gen, inode)
+                fid = await self._fid(client, gen, inode, caller)
             if valid:
                 await client.setattr(fid, valid, mode=mode, uid=uid, gid=gid, size=size,
                                      atime_ns=atime_ns, mtime_ns=mtime_ns)  # fmt: skip
-            return await client.getattr(fid)
+            a = await client.getattr(fid)
+            inode.mode, inode.gid = a.mode, a.gid
+            return a
 
-        return await self.run(op)
+        return await self.run(op, caller)
 
-    async def readlink(self, ino: int) -> str:
+    async def readlink(self, ino: int, uid: int | None = None) -> str:
         inode = self.inode(ino)
 
         async def op(client: Client, gen: int) -> str:
-            return await client.readlink(await self._inode_fid(client, gen, inode))
+            return await client.readlink(await self._fid(client, gen, inode, uid))
 
-        return await self.run(op)
+        return await self.run(op, uid)
 
     async def _make(
-        self, parent_ino: int, name: str, make: Callable[[Client, int], Awaitable[object]]
-    ) -> tuple[Inode, m.Rgetattr]:
-        """make(client, parent fid) creates name; then it is looked up."""
+        self, parent_ino: int, name: str, make: Callable[[Client, int], Awaitable[object]],
+        uid: int | None,
+    ) -> tuple[Inode, m.Rgetattr]:  # fmt: skip
+        """make(client, parent fid of uid) creates name; then it is looked up."""
         self._check_writable()
         parent = self.inode(parent_ino)
 
         async def op(client: Client, gen: int) -> tuple[Inode, m.Rgetattr]:
-            await make(client, await self._inode_fid(client, gen, parent))
-            return await self._walk_entry(client, gen, parent, name)
+            await make(client, await self._fid(client, gen, parent, uid))
+            return await self._walk_entry(client, gen, parent, name, uid=uid)
 
-        return await self.run(op)
+        return await self.run(op, uid)
 
     async def mkdir(
-        self, parent_ino: int, name: str, mode: int, gid: int
+        self, parent_ino: int, name: str, mode: int, gid: int, uid: int | None = None
     ) -> tuple[Inode, m.Rgetattr]:
-        return await self._make(parent_ino, name, lambda cl, d: cl.mkdir(d, name, mode, gid))
+        return await self._make(parent_ino, name, lambda cl, d: cl.mkdir(d, name, mode, gid), uid)
 
     async def mknod(
-        self, parent_ino: int, name: str, mode: int, rdev: int, gid: int
+        self, parent_ino: int, name: str, mode: int, rdev: int, gid: int, uid: int | None = None
     ) -> tuple[Inode, m.Rgetattr]:
         major, minor = os.major(rdev), os.minor(rdev)
         return await self._make(
-            parent_ino, name, lambda cl, d: cl.mknod(d, name, mode, major, minor, gid)
+            parent_ino, name, lambda cl, d: cl.mknod(d, name, mode, major, minor, gid), uid
         )
 
     async def symlink(
-        self, parent_ino: int, name: str, target: str, gid: int
+        self, parent_ino: int, name: str, target: str, gid: int, uid: int | None = None
     ) -> tuple[Inode, m.Rgetattr]:
-        return await self._make(parent_ino, name, lambda cl, d: cl.symlink(d, name, target, gid))
+        return await self._make(
+            parent_ino, name, lambda cl, d: cl.symlink(d, name, target, gid), uid
+        )
 
-    async def link(self, ino: int, parent_ino: int, name: str) -> tuple[Inode, m.Rgetattr]:
+    async def link(
+        self, ino: int, parent_ino: int, name: str, uid: int | None = None
+    ) -> tuple[Inode, m.Rgetattr]:
         self._check_writable()
         inode = self.inode(ino)
         parent = self.inode(parent_ino)
 
         async def op(client: Client, gen: int) -> tuple[Inode, m.Rgetattr]:
-            fid = await self._inode_fid(client, gen, inode)
-            await client.link(await self._inode_fid(client, gen, parent), fid, name)
-            return await self._walk_entry(client, gen, parent, name)
+            fid = await self._fid(client, gen, inode, uid)
+            await client.link(await self._fid(client, gen, parent, uid), fid, name)
+            return await self._walk_entry(client, gen, parent, name, uid=uid)
 
-        return await self.run(op)
+        return await self.run(op, uid)
 
-    async def unlink(self, parent_ino: int, name: str, rmdir: bool = False) -> None:
+    async def unlink(
+        self, parent_ino: int, name: str, rmdir: bool = False, uid: int | None = None
+    ) -> None:
         self._check_writable()
         parent = self.inode(parent_ino)
         flags = c.AT_REMOVEDIR if rmdir else 0
 
         async def op(client: Client, gen: int) -> None:
-            await client.unlinkat(await self._inode_fid(client, gen, parent), name, flags)
+            await client.unlinkat(await self._fid(client, gen, parent, uid), name, flags)
 
-        await self.run(op)
+        await self.run(op, uid)
 
-    async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
+    async def rename(
+        self, old_parent: int, old_name: str, new_parent: int, new_name: str,
+        uid: int | None = None, *, noreplace: bool = False,
+    ) -> None:  # fmt: skip
+        """noreplace: EEXIST when new_name exists, checked just before the
+        rename (9P2000.L has no atomic form: another client may create
+        new_name in between, and then it is replaced)."""
         self._check_writable()
         op_ = self.inode(old_parent)
         np_ = self.inode(new_parent)
 
         async def op(client: Client, gen: int) -> None:
-            ofid = await self._inode_fid(client, gen, op_)
-            nfid = await self._inode_fid(client, gen, np_)
+            ofid = await self._fid(client, gen, op_, uid)
+            nfid = await self._fid(client, gen, np_, uid)
+            if noreplace:
+                try:
+                    fid, _ = await client.walk(nfid, [new_name])
+                except ConnectionLost:
+                    raise
+                except OSError as e:
+                    if e.errno != errno.ENOENT:
+                        raise
+                else:
+                    client.clunk_soon(fid)
+                    raise OSError(errno.EEXIST, f"{new_name}: exists (RENAME_NOREPLACE)")
             await client.renameat(ofid, old_name, nfid, new_name)
 
-        await self.run(op)
+        await self.run(op, uid)
         old = posixpath.join(op_.path, old_name)
         new = posixpath.join(np_.path, new_name)
         for inode in self.inodes.values():
@@ -509,19 +679,19 @@ class RemoteTree:
             elif inode.path.startswith(old + "/"):
                 inode.path = new + inode.path[len(old) :]
 
-    async def statfs(self) -> m.Rstatfs:
+    async def statfs(self, uid: int | None = None) -> m.Rstatfs:
         root = self.inode(ROOT_INO)
 
         async def op(client: Client, gen: int) -> m.Rstatfs:
-            return await client.statfs(await self._inode_fid(client, gen, root))
+            return await client.statfs(await self._fid(client, gen, root, uid))
 
-        return await self.run(op)
+        return await self.run(op, uid)
 
     # --------------------------------------------------------- handles --
-    def _new_handle(self, inode: Inode, flags: int, is_dir: bool) -> Handle:
+    def _new_handle(self, inode: Inode, flags: int, is_dir: bool, uid: int | None) -> Handle:
         fh = self._next_fh
         self._next_fh += 1
-        h = Handle(fh, inode, flags, is_dir)
+        h = Handle(fh, inode, flags, is_dir, uid)
         self.handles[fh] = h
         return h
 
@@ -531,24 +701,27 @@ class RemoteTree:
             raise OSError(errno.EBADF, f"unknown file handle {fh}")
         return h
 
-    async def open(self, ino: int, os_flags: int, is_dir: bool = False) -> Handle:
+    async def open(
+        self, ino: int, os_flags: int, is_dir: bool = False, uid: int | None = None
+    ) -> Handle:
         flags = c.L_O_RDONLY | c.L_O_DIRECTORY if is_dir else wire_flags(os_flags)
         if flags & c.L_O_ACCMODE != c.L_O_RDONLY or os_flags & os.O_TRUNC:
             self._check_writable()
         inode = self.inode(ino)
-        h = self._new_handle(inode, flags, is_dir)
+        h = self._new_handle(inode, flags, is_dir, uid)
         # libfuse asks for atomic O_TRUNC: it comes here, applied on this first open only.
         first = flags | c.L_O_TRUNC if os_flags & os.O_TRUNC and not is_dir else flags
         try:
-            await self.run(lambda cl, g: self._handle_fid(cl, g, h, first))
+            await self.run(lambda cl, g: self._handle_fid(cl, g, h, first), uid)
         except BaseException:
             del self.handles[h.fh]
             raise
         return h
 
     async def create(
-        self, parent_ino: int, name: str, mode: int, os_flags: int, gid: int
-    ) -> tuple[Handle, Inode, m.Rgetattr]:
+        self, parent_ino: int, name: str, mode: int, os_flags: int, gid: int,
+        uid: int | None = None,
+    ) -> tuple[Handle, Inode, m.Rgetattr]:  # fmt: skip
         self._check_writable()
         parent = self.inode(parent_ino)
         flags = wire_flags(os_flags)
@@ -557,7 +730,7 @@ class RemoteTree:
             create_flags |= c.L_O_TRUNC
 
         async def op(client: Client, gen: int) -> tuple[Handle, Inode, m.Rgetattr]:
-            pfid = await self._inode_fid(client, gen, parent)
+            pfid = await self._fid(client, gen, parent, uid)
             fid, _ = await client.walk(pfid, [])
             try:
                 _, iounit = await client.lcreate(fid, name, create_flags, mode, gid)
@@ -571,11 +744,11 @@ class RemoteTree:
                 raise
             # The inode's own fid is walked when first needed (often never).
             inode = self._remember(client, gen, child_path(parent.path, name), None, attr)
-            h = self._new_handle(inode, flags, False)
+            h = self._new_handle(inode, flags, False, uid)
             h.fid, h.gen, h.iounit = fid, gen, iounit
             return h, inode, attr
 
-        return await self.run(op)
+        return await self.run(op, uid)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         h = self.handle(fh)
@@ -584,7 +757,7 @@ class RemoteTree:
             fid = await self._handle_fid(client, gen, h)
             return await client.pread(fid, offset, size, h.iounit)
 
-        return await self.run(op)
+        return await self.run(op, h.uid)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         """Returns once the server acknowledged every byte."""
@@ -598,7 +771,7 @@ class RemoteTree:
                 raise OSError(errno.EIO, f"{h.inode.path}: short write ({n} of {len(data)})")
             return n
 
-        return await self.run(op)
+        return await self.run(op, h.uid)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self.handle(fh)
@@ -606,7 +779,7 @@ class RemoteTree:
         async def op(client: Client, gen: int) -> None:
             await client.fsync(await self._handle_fid(client, gen, h), datasync)
 
-        await self.run(op)
+        await self.run(op, h.uid)
 
     def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
@@ -620,9 +793,14 @@ class RemoteTree:
 
         async def op(client: Client, gen: int) -> list[DirEntryAttr]:
             fid = await self._handle_fid(client, gen, h)
-            pos = start
             if start == 0:
                 h.dir_served = 0
+                h.cookies.clear()
+                pos = 0
+            elif (cookie := h.cookies.get(start)) is not None:
+                pos = cookie
+            else:
+                raise OSError(errno.EINVAL, f"directory offset {start} was never given")
             if h.dir_served > MAX_DIR_ENTRIES:  # a server that lists for ever (cookies cycle)
                 raise OSError(errno.EOVERFLOW, f"more than {MAX_DIR_ENTRIES} directory entries")
             asked = {pos}
@@ -632,14 +810,12 @@ class RemoteTree:
                     ents = await client.readdir(fid, pos)
                     if ents and ents[-1].offset in asked:
                         raise protocol_error(f"readdir cookie {ents[-1].offset} again")
-                    if any(d.offset > OFF_MAX for d in ents):
-                        raise OSError(errno.EOVERFLOW, "readdir cookie beyond FUSE's off_t")
                     h.dir_start, h.dir_buf = pos, ents
                 if not ents:
                     return []
                 batch = ents[:READDIR_BATCH]
                 out = await asyncio.gather(
-                    *(self._resolve(client, gen, h.inode, d) for d in batch),
+                    *(self._resolve(client, gen, h.inode, d, h.uid) for d in batch),
                     return_exceptions=True,
                 )
                 found = [e for e in out if isinstance(e, DirEntryAttr)]
@@ -648,12 +824,16 @@ class RemoteTree:
                     self.readdir_done(found, 0)  # unpin what was resolved
                     raise failed[0]
                 if found:
+                    for e in found:
+                        local = len(h.cookies) + 1
+                        h.cookies[local] = e.next_offset
+                        e.next_offset = local
                     h.dir_served += len(found)
                     return found
                 pos = batch[-1].offset  # all vanished or were . and ..: go on
                 asked.add(pos)
 
-        return await self.run(op)
+        return await self.run(op, h.uid)
 
     @staticmethod
     def _buffered(h: Handle, start: int) -> list[m.Dirent] | None:
@@ -667,12 +847,12 @@ class RemoteTree:
         return None
 
     async def _resolve(
-        self, client: Client, gen: int, parent: Inode, d: m.Dirent
+        self, client: Client, gen: int, parent: Inode, d: m.Dirent, uid: int | None
     ) -> DirEntryAttr | None:
         if d.name in (".", ".."):
             return None
         try:
-            inode, attr = await self._walk_entry(client, gen, parent, d.name, lookups=0)
+            inode, attr = await self._walk_entry(client, gen, parent, d.name, 0, uid)
         except ConnectionLost:
             raise
         except OSError:
@@ -691,24 +871,26 @@ class RemoteTree:
             self._drop_if_unused(e.inode)
 
     # ---------------------------------------------------------- xattrs --
-    async def getxattr(self, ino: int, name: str) -> bytes:
+    async def getxattr(self, ino: int, name: str, uid: int | None = None) -> bytes:
         inode = self.inode(ino)
 
         async def op(client: Client, gen: int) -> bytes:
-            return await client.read_xattr(await self._inode_fid(client, gen, inode), name)
+            return await client.read_xattr(await self._fid(client, gen, inode, uid), name)
 
-        return await self.run(op)
+        return await self.run(op, uid)
 
-    async def listxattr(self, ino: int) -> list[str]:
-        data = await self.getxattr(ino, "")
+    async def listxattr(self, ino: int, uid: int | None = None) -> list[str]:
+        data = await self.getxattr(ino, "", uid)
         return [n for n in data.decode("utf-8", "surrogateescape").split("\0") if n]
 
-    async def setxattr(self, ino: int, name: str, value: bytes, flags: int = 0) -> None:
+    async def setxattr(
+        self, ino: int, name: str, value: bytes, flags: int = 0, uid: int | None = None
+    ) -> None:
         self._check_writable()
         inode = self.inode(ino)
 
         async def op(client: Client, gen: int) -> None:
-            fid, _ = await client.walk(await self._inode_fid(client, gen, inode), [])
+            fid, _ = await client.walk(await self._fid(client, gen, inode, uid), [])
             try:
                 await client.xattrcreate(fid, name, len(value), flags)
                 if value and await client.pwrite(fid, 0, value) != len(value):
@@ -718,10 +900,10 @@ class RemoteTree:
                 raise
             await client.clunk(fid)  # the clunk commits the value
 
-        await self.run(op)
+        await self.run(op, uid)
 
-    async def removexattr(self, ino: int, name: str) -> None:
-        await self.setxattr(ino, name, b"", c.XATTR_REPLACE)
+    async def removexattr(self, ino: int, name: str, uid: int | None = None) -> None:
+        await self.setxattr(ino, name, b"", c.XATTR_REPLACE, uid)
 
 
 def birth_ns(a: m.Rgetattr) -> int:
