@@ -21,7 +21,7 @@ import errno
 import logging
 import os
 import stat as stat_mod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -462,34 +462,57 @@ class Operations:
 
     # --------------------------------------------------------------- I/O --
     def read(self, t: Target, offset: int, count: int) -> bytes:
+        return t.backend.read(self._readable(t), offset, count)
+
+    def read_into(self, t: Target, offset: int, views: Sequence[memoryview]) -> int:
+        """read() into the caller's buffers (up to their total length): the count read."""
+        return t.backend.read_into(self._readable(t), offset, views)
+
+    @staticmethod
+    def _readable(t: Target) -> OpenFile:
         if t.file is None:
             raise OSError(errno.EBADF, "not open")
         if t.is_dir:
             raise OSError(errno.EISDIR, "a directory is read by its entries")
         if t.open_flags & os.O_ACCMODE == os.O_WRONLY:
             raise OSError(errno.EBADF, "not open for reading")
-        return t.backend.read(t.file, offset, count)
+        return t.file
 
     def write(self, t: Target, offset: int, data: bytes | memoryview) -> int:
+        return self._write(t, offset, len(data), lambda f: t.backend.write(f, offset, data))
+
+    def write_from(self, t: Target, offset: int, views: Sequence[memoryview]) -> int:
+        """write() of the bytes of the caller's buffers, in order: the count written."""
+        n = sum(len(v) for v in views)
+        return self._write(t, offset, n, lambda f: t.backend.write_from(f, offset, views))
+
+    def _write(self, t: Target, offset: int, count: int, write: Callable[[OpenFile], int]) -> int:
+        """A write of count bytes to an open file, checked and accounted;
+        `write` makes the backend call."""
         if t.file is None:
             raise OSError(errno.EBADF, "not open")
         if t.open_flags & os.O_ACCMODE == os.O_RDONLY:
             raise OSError(errno.EBADF, "not open for writing")
         q = self.quotas.get(t.export.name)
         if q is None:
-            return self._write(t, offset, data, None)
+            return self._write_checked(t, t.file, offset, count, write, None)
         with q.size_lock(t.node.qid.path):
-            return self._write(t, offset, data, q)
+            return self._write_checked(t, t.file, offset, count, write, q)
 
-    def _write(
-        self, t: Target, offset: int, data: bytes | memoryview, q: QuotaLedger | None
+    def _write_checked(
+        self,
+        t: Target,
+        file: OpenFile,
+        offset: int,
+        count: int,
+        write: Callable[[OpenFile], int],
+        q: QuotaLedger | None,
     ) -> int:
-        """A write to an open file (under its size lock if the export has a ledger)."""
-        assert t.file is not None
-        end = offset + len(data)
+        """Under the file's size lock if the export has a ledger."""
+        end = offset + count
         limited = t.export.max_file_size or q is not None
         if t.open_flags & os.O_APPEND and limited:
-            end = t.backend.getattr(t.node).size + len(data)  # appends land at the end
+            end = t.backend.getattr(t.node).size + count  # appends land at the end
         self.policy.check_size(t.export, end)
         if not t.setid_checked:
             self._drop_setid(t)
@@ -500,7 +523,7 @@ class Operations:
                 q.charge(nbytes=end - size)
                 grown = end - size
         try:
-            return t.backend.write(t.file, offset, data)
+            return write(file)
         except BaseException:
             if q is not None:
                 q.refund(nbytes=grown)

@@ -280,18 +280,100 @@ class FuseSession:
             if isinstance(req, fuse.Setlkw):
                 return self._setlkw(req, used, done)
             return handler(req, used)
-        except PolicyError as e:
-            op = fuse.opcode_name(req.OPCODE).lower()
-            self.ops.denied(op, used.where, used.name, e)
-            return fuse.reply_error(req.unique, _errno(e.errno, errno.EACCES))
-        except OSError as e:
-            return fuse.reply_error(req.unique, _errno(e.errno, errno.EIO))
-        except Exception:  # a server bug must not take the device down
-            log.exception("%s: internal error handling %r", self.peer, req)
-            return fuse.reply_error(req.unique, errno.EIO)
+        except Exception as e:
+            return self._failed(req, used, e)
         finally:
             if used.inodes or used.opens:
                 self._unpin(used)
+
+    def _failed(self, req: Request, used: _Used, e: Exception) -> bytes:
+        """The error reply to a request that raised e (refusals audited)."""
+        if isinstance(e, PolicyError):
+            op = fuse.opcode_name(req.OPCODE).lower()
+            self.ops.denied(op, used.where, used.name, e)
+            return fuse.reply_error(req.unique, _errno(e.errno, errno.EACCES))
+        if isinstance(e, OSError):
+            return fuse.reply_error(req.unique, _errno(e.errno, errno.EIO))
+        # a server bug must not take the device down
+        log.error("%s: internal error handling %r", self.peer, req, exc_info=e)
+        return fuse.reply_error(req.unique, errno.EIO)
+
+    # ------------------------------------------------- READ and WRITE in place --
+    # The device edge's path for file data: the data goes between the file and
+    # the chain's buffers (guest memory) with no Python object in between. The
+    # request is decoded from its first fuse.IO_PREFIX_SIZE bytes; everything
+    # else is as handle() does it.
+
+    def read_into(self, head: bytes, total: int, room: list[memoryview]) -> tuple[int, int]:
+        """A READ (head: its bytes, total: its length) answered in place: the
+        reply, fuse_out_header then the data read from the file, is written
+        into room (the chain's writable buffers). Returns (reply length,
+        errno); length 0 when room cannot hold even an error reply. Never
+        raises, never reads more than the request's size, never writes past
+        room (too little room for the size asked is EIO: a guest bug, the
+        kernel gives room for what it asks)."""
+        space = sum(len(v) for v in room)
+        if space < fuse.OUT_HEADER_SIZE:
+            return 0, errno.EIO
+        req = self._io_request(head, total)
+        if isinstance(req, bytes):
+            return _put(room, req), _reply_errno(req)
+        if not isinstance(req, fuse.Read):
+            raise ValueError("read_into() of a request that is not a READ")
+        # never more than negotiated, whatever a guest asks
+        want = min(req.size, MAX_WRITE)
+        if space - fuse.OUT_HEADER_SIZE < want:
+            log.info("%s: READ of %d bytes with room for %d", self.peer, want,
+                     space - fuse.OUT_HEADER_SIZE)  # fmt: skip
+            return _put(room, fuse.reply_error(req.unique, errno.EIO)), errno.EIO
+        header, data = _split(room, fuse.OUT_HEADER_SIZE, want)
+        used = _Used()
+        try:
+            t, _ = self._opened(req.fh, req.uid, used)
+            n = self.ops.read_into(t, req.offset, data)
+        except Exception as e:
+            reply = self._failed(req, used, e)
+            return _put(room, reply), _reply_errno(reply)
+        finally:
+            if used.inodes or used.opens:
+                self._unpin(used)
+        _put(header, fuse.out_header(req.unique, n))
+        return fuse.OUT_HEADER_SIZE + n, 0
+
+    def write_from(self, head: bytes, total: int, data: list[memoryview]) -> bytes:
+        """A WRITE (head: its first fuse.IO_PREFIX_SIZE bytes, total: its
+        length) whose data, the rest of the request, is written to the file
+        straight from the buffers `data`. Returns the reply; never raises."""
+        req = self._io_request(head, total)
+        if isinstance(req, bytes):
+            return req
+        if not isinstance(req, fuse.WriteIn):
+            raise ValueError("write_from() of a request that is not a WRITE")
+        if sum(len(v) for v in data) != req.size:  # the caller's bug: its views are the rest
+            raise ValueError(f"WRITE of {req.size} bytes given other buffers")
+        used = _Used()
+        try:
+            t, of = self._opened(req.fh, req.uid, used)
+            n = self.ops.write_from(t, req.offset, data)
+            of.setid_checked = t.setid_checked
+            return fuse.reply_write(req.unique, n)
+        except Exception as e:
+            return self._failed(req, used, e)
+        finally:
+            if used.inodes or used.opens:
+                self._unpin(used)
+
+    def _io_request(self, head: bytes, total: int) -> fuse.Read | fuse.WriteIn | bytes:
+        """The READ or WRITE of head, or the error reply (as _dispatch answers)."""
+        try:
+            req = fuse.decode_io_prefix(head, total, self.proto or fuse.PROTO_LATEST)
+        except fuse.FuseDecodeError as e:
+            log.info("%s: bad FUSE request: %s", self.peer, e)
+            assert e.unique is not None  # a whole header was there
+            return fuse.reply_error(e.unique, e.errno)
+        if self.proto is None:
+            return fuse.reply_error(req.unique, errno.EIO)  # nothing before INIT
+        return req
 
     # ------------------------------------------------------------- tables --
     def _at(self, nodeid: int, uid: int, used: _Used) -> Handle:
@@ -809,6 +891,41 @@ class FuseSession:
 
 
 # ------------------------------------------------------------------ helpers --
+
+
+def _put(views: list[memoryview], data: bytes) -> int:
+    """Copy data into views from their start (it fits): its length."""
+    pos = 0
+    for v in views:
+        if pos >= len(data):
+            break
+        chunk = data[pos : pos + len(v)]
+        v[: len(chunk)] = chunk
+        pos += len(chunk)
+    return pos
+
+
+def _split(views: list[memoryview], at: int, n: int) -> tuple[list[memoryview], list[memoryview]]:
+    """The first `at` bytes of views, and the n bytes after them (views hold both)."""
+    head: list[memoryview] = []
+    rest: list[memoryview] = []
+    for v in views:
+        if at:
+            take = min(at, len(v))
+            head.append(v[:take])
+            at -= take
+            v = v[take:]
+        if n and len(v):
+            take = min(n, len(v))
+            rest.append(v[:take])
+            n -= take
+        if not at and not n:
+            break
+    return head, rest
+
+
+def _reply_errno(reply: bytes) -> int:
+    return -int.from_bytes(reply[4:8], "little", signed=True)
 
 
 def _errno(err: int | None, default: int) -> int:
