@@ -99,7 +99,9 @@ class Device:
             ) -> tuple[bytes, int]:  # fmt: skip
         """One chain: request split at `out`, writable buffers of `room`;
         (the bytes the device wrote, the used length it reported)."""
-        head = self.q.add(split(request, out or []), [4096] if room is None else room, indirect=True)
+        head = self.q.add(
+            split(request, out or []), [4096] if room is None else room, indirect=True
+        )
         assert self.q.wait_call(10)
         used = dict(self.q.take_used())
         return self.q.reply(head, used[head]), used[head]
@@ -385,7 +387,9 @@ def test_a_megabyte_moves_without_a_python_copy(dev: Device) -> None:
     nodeid, fh = dev.open("f", O_RDWR)
     data = PATTERN[:MAX_WRITE]
     write = f.encode_request(f.Write(dev.next_unique(), nodeid, UID, GID, 1, fh, 0, 0, 0, 0, data))
-    read = f.encode_request(f.Read(dev.next_unique(), nodeid, UID, GID, 1, fh, 0, MAX_WRITE, 0, 0, 0))
+    read = f.encode_request(
+        f.Read(dev.next_unique(), nodeid, UID, GID, 1, fh, 0, MAX_WRITE, 0, 0, 0)
+    )
     # the guest's buffers are filled before the measurement: only the device counts
     whead = dev.q.add(split(write, [80] + [4096] * 256), [24], indirect=True, kick=False)
     rhead = dev.q.add([read], [16] + [4096] * 256, indirect=True, kick=False)
@@ -396,7 +400,7 @@ def test_a_megabyte_moves_without_a_python_copy(dev: Device) -> None:
         while len(seen) < 2:
             assert dev.q.wait_call(10)
             seen.update(dev.q.take_used())
-        assert seen[rhead] == 16 + MAX_WRITE
+        assert seen[whead] == 24 and seen[rhead] == 16 + MAX_WRITE
 
     peak = _peak_during(dev, serve)
     # what remains is a memoryview per guest buffer (~180 KiB for these 514)

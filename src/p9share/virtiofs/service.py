@@ -39,7 +39,7 @@ class FuseRequestHandler:
         head = reader.read(_IO_PREFIX)
         if len(head) == _IO_PREFIX:
             opcode = int.from_bytes(head[4:8], "little")
-            if opcode == _READ or opcode == _WRITE:
+            if opcode in (_READ, _WRITE):
                 self._data(opcode, head, total, reader, writer)
                 return
         # every other request: its bytes (bounded by the chain: the guest's own buffers)
