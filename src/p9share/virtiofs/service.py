@@ -65,8 +65,7 @@ class FuseRequestHandler:
         the chain's buffers (see FuseSession.read_into and write_from)."""
         t0 = time.perf_counter()
         if opcode == _READ:
-            n, err = self.session.read_into(head, total, writer.views())
-            writer.advance(n)
+            n, err = self.session.read_into(head, total, writer)
             if self.observe is not None:
                 nread = n - _OUT_HEADER if n and not err else 0
                 self.observe("read", err, time.perf_counter() - t0, nread, 0)

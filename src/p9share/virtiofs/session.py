@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..audit import NULL_AUDIT, AuditLog
 from ..backend.base import NOW, Attr, Backend, LockRequest, Node, OpenFile, TimeSpec
@@ -134,6 +134,16 @@ class _Used:
     opens: list[_Open] = field(default_factory=list)
     where: Handle | None = None  # the first target, for the audit record of a refusal
     name: str | None = None
+
+
+class Room(Protocol):
+    """Where a reply is written in place: a chain's writable part (ChainWriter)."""
+
+    available: int
+
+    def views(self, n: int | None = None) -> list[memoryview]: ...
+
+    def advance(self, n: int) -> None: ...
 
 
 class FuseSession:
@@ -304,40 +314,42 @@ class FuseSession:
     # request is decoded from its first fuse.IO_PREFIX_SIZE bytes; everything
     # else is as handle() does it.
 
-    def read_into(self, head: bytes, total: int, room: list[memoryview]) -> tuple[int, int]:
+    def read_into(self, head: bytes, total: int, room: Room) -> tuple[int, int]:
         """A READ (head: its bytes, total: its length) answered in place: the
         reply, fuse_out_header then the data read from the file, is written
-        into room (the chain's writable buffers). Returns (reply length,
-        errno); length 0 when room cannot hold even an error reply. Never
-        raises, never reads more than the request's size, never writes past
-        room (too little room for the size asked is EIO: a guest bug, the
-        kernel gives room for what it asks)."""
-        space = sum(len(v) for v in room)
-        if space < fuse.OUT_HEADER_SIZE:
+        into room (the chain's writable part) and room advanced past it.
+        Returns (reply length, errno); length 0 when room cannot hold even an
+        error reply. Never raises, never reads more than the request's size,
+        never writes past room (too little room for the size asked is EIO: a
+        guest bug, the kernel gives room for what it asks)."""
+        if room.available < fuse.OUT_HEADER_SIZE:
             return 0, errno.EIO
         req = self._io_request(head, total)
         if isinstance(req, bytes):
-            return _put(room, req), _reply_errno(req)
+            return _reply(room, req), _reply_errno(req)
         if not isinstance(req, fuse.Read):
             raise ValueError("read_into() of a request that is not a READ")
         # never more than negotiated, whatever a guest asks
         want = min(req.size, MAX_WRITE)
-        if space - fuse.OUT_HEADER_SIZE < want:
+        if room.available - fuse.OUT_HEADER_SIZE < want:
             log.info("%s: READ of %d bytes with room for %d", self.peer, want,
-                     space - fuse.OUT_HEADER_SIZE)  # fmt: skip
-            return _put(room, fuse.reply_error(req.unique, errno.EIO)), errno.EIO
-        header, data = _split(room, fuse.OUT_HEADER_SIZE, want)
+                     room.available - fuse.OUT_HEADER_SIZE)  # fmt: skip
+            return _reply(room, fuse.reply_error(req.unique, errno.EIO)), errno.EIO
+        header = room.views(fuse.OUT_HEADER_SIZE)  # filled last, when the count is known
+        room.advance(fuse.OUT_HEADER_SIZE)
         used = _Used()
         try:
             t, _ = self._opened(req.fh, req.uid, used)
-            n = self.ops.read_into(t, req.offset, data)
+            n = self.ops.read_into(t, req.offset, room.views(want))
         except Exception as e:
-            reply = self._failed(req, used, e)
-            return _put(room, reply), _reply_errno(reply)
+            reply = self._failed(req, used, e)  # 16 bytes: what the header holds
+            _put(header, reply)
+            return fuse.OUT_HEADER_SIZE, _reply_errno(reply)
         finally:
             if used.inodes or used.opens:
                 self._unpin(used)
         _put(header, fuse.out_header(req.unique, n))
+        room.advance(n)
         return fuse.OUT_HEADER_SIZE + n, 0
 
     def write_from(self, head: bytes, total: int, data: list[memoryview]) -> bytes:
@@ -905,23 +917,11 @@ def _put(views: list[memoryview], data: bytes) -> int:
     return pos
 
 
-def _split(views: list[memoryview], at: int, n: int) -> tuple[list[memoryview], list[memoryview]]:
-    """The first `at` bytes of views, and the n bytes after them (views hold both)."""
-    head: list[memoryview] = []
-    rest: list[memoryview] = []
-    for v in views:
-        if at:
-            take = min(at, len(v))
-            head.append(v[:take])
-            at -= take
-            v = v[take:]
-        if n and len(v):
-            take = min(n, len(v))
-            rest.append(v[:take])
-            n -= take
-        if not at and not n:
-            break
-    return head, rest
+def _reply(room: Room, reply: bytes) -> int:
+    """A whole (small) reply into room, advanced past it: its length."""
+    _put(room.views(len(reply)), reply)
+    room.advance(len(reply))
+    return len(reply)
 
 
 def _reply_errno(reply: bytes) -> int:
