@@ -354,15 +354,15 @@ class FuseSession:
 
     def write_from(self, head: bytes, total: int, data: list[memoryview]) -> bytes:
         """A WRITE (head: its first fuse.IO_PREFIX_SIZE bytes, total: its
-        length) whose data, the rest of the request, is written to the file
-        straight from the buffers `data`. Returns the reply; never raises."""
+        length) whose data, the rest of the request (fuse_write_in.size
+        bytes, checked against total), is written to the file straight from
+        the buffers `data`, which hold exactly that rest. Returns the reply;
+        never raises."""
         req = self._io_request(head, total)
         if isinstance(req, bytes):
             return req
         if not isinstance(req, fuse.WriteIn):
             raise ValueError("write_from() of a request that is not a WRITE")
-        if sum(len(v) for v in data) != req.size:  # the caller's bug: its views are the rest
-            raise ValueError(f"WRITE of {req.size} bytes given other buffers")
         used = _Used()
         try:
             t, of = self._opened(req.fh, req.uid, used)
