@@ -1,5 +1,6 @@
 """virtio-fs file data: server CPU per READ and WRITE of 4 KiB, 128 KiB and
-1 MiB, through the whole device, for two versions of p9share side by side.
+1 MiB, through the whole device, for two versions of p9share side by side;
+and the same for 9P2000.L's Tread and Twrite over a Unix socket.
 
     python benchmarks/virtiofs_io.py                      # before: merge-base with main
     python benchmarks/virtiofs_io.py --before e546183 --rounds 3 --out results/x.md
@@ -16,6 +17,9 @@ per request; the front end's own work is not in it. Rounds are interleaved
 (before, after, before, after, ...) so that a change in the machine's load
 falls on both; each figure is the median of the rounds, with the lowest and
 highest. Every reply is checked: the data read back is the data written.
+
+9P: the same server also listens on a Unix socket; a raw client (msize 1 MiB
++ 24) sends Twrite then Tread of each size one at a time to one open fid.
 """
 
 from __future__ import annotations
@@ -37,12 +41,15 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tests.virtiofs.frontend import FakeQueue, Frontend  # noqa: E402
 
+from p9share.client.raw import RawClient  # noqa: E402
+from p9share.protocol import messages as p9  # noqa: E402
 from p9share.virtiofs import fuse as f  # noqa: E402
 
 SIZES = (4 << 10, 128 << 10, 1 << 20)
 # requests per measurement: enough server CPU for a steady figure, not more
 COUNT = {4 << 10: 2000, 128 << 10: 600, 1 << 20: 150}
 PAGE = 4096
+OPS = {"virtio-fs": ("WRITE", "READ"), "9P": ("Twrite", "Tread")}
 UID, GID = os.getuid(), os.getgid()
 
 
@@ -60,15 +67,20 @@ class Mount:
         env = dict(os.environ, PYTHONPATH=str(src))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "p9share", "serve", str(self.export),
-             "--listen", f"vhost-user:{sock}", "--cache", "none"],
+             "--listen", f"vhost-user:{sock}", "--listen", f"unix:{workdir}/9p.sock",
+             "--cache", "none"],
             env=env, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
-        while line and "serving on" not in line:
+        started = 0
+        while started < 2:  # one line per listener
             line = self.proc.stderr.readline()
-        if "serving on" not in line:
-            raise RuntimeError(f"server from {src} did not start")
+            if not line:
+                raise RuntimeError(f"server from {src} did not start")
+            started += "serving on" in line
+        self.p9 = RawClient.connect(f"unix:{workdir}/9p.sock", timeout=30)
+        self.p9.version(1 << 20 | 24)
+        self.p9.attach(0, "")
         self.fe = Frontend(str(sock), mem_size=32 << 20, queue_size=512)
         self.fe.start()
         self.q: FakeQueue = self.fe.queues[1]
@@ -77,6 +89,7 @@ class Mount:
         assert init.error == 0, init
 
     def close(self) -> None:
+        self.p9.close()
         self.fe.close()
         self.proc.terminate()
         self.proc.wait(20)
@@ -135,6 +148,29 @@ def measure(m: Mount, size: int, data: bytes) -> tuple[float, float]:
     return (c1 - c0) / n / 1e3, (c2 - c1) / n / 1e3
 
 
+def measure_9p(m: Mount, size: int, data: bytes) -> tuple[float, float]:
+    """(CPU us per Twrite, CPU us per Tread) of `size` bytes."""
+    fid = size  # a fid per size
+    m.p9.walk(0, fid, [])
+    m.p9.rpc(p9.Tlcreate(fid, f"p{size}", os.O_RDWR, 0o644, 0))
+    n = COUNT[size]
+    chunk = data[:size]
+    offsets = [(i * size) % max(8 << 20, size) for i in range(n)]
+    c0 = m.cpu_ns()
+    for off in offsets:
+        r = m.p9.rpc(p9.Twrite(fid, off, chunk))
+        if not isinstance(r, p9.Rwrite) or r.count != size:
+            raise RuntimeError(f"Twrite of {size} at {off}: {r}")
+    c1 = m.cpu_ns()
+    for i, off in enumerate(offsets):
+        r = m.p9.rpc(p9.Tread(fid, off, size))
+        if not isinstance(r, p9.Rread) or len(r.data) != size or (i < 4 and r.data != chunk):
+            raise RuntimeError(f"Tread of {size} at {off}: {type(r).__name__}")
+    c2 = m.cpu_ns()
+    m.p9.rpc(p9.Tclunk(fid))
+    return (c1 - c0) / n / 1e3, (c2 - c1) / n / 1e3
+
+
 def source_of(ref: str, into: Path) -> Path:
     """src/ of git revision ref, unpacked into `into`."""
     tar = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src"],
@@ -180,11 +216,13 @@ def main() -> None:
                 m = Mount(src, work)
                 try:
                     for size in SIZES:
-                        w, r = measure(m, size, data)
-                        results[name].setdefault(("WRITE", size), []).append(w)
-                        results[name].setdefault(("READ", size), []).append(r)
-                        print(f"round {rnd + 1} {name}: {size >> 10} KiB WRITE {w:,.0f} us, "
-                              f"READ {r:,.0f} us", flush=True)  # fmt: skip
+                        for proto, run in (("virtio-fs", measure), ("9P", measure_9p)):
+                            w, r = run(m, size, data)
+                            wop, rop = OPS[proto]
+                            results[name].setdefault((wop, size), []).append(w)
+                            results[name].setdefault((rop, size), []).append(r)
+                            print(f"round {rnd + 1} {name}: {size >> 10} KiB {wop} {w:,.0f} us, "
+                                  f"{rop} {r:,.0f} us", flush=True)  # fmt: skip
                 finally:
                     m.close()
     names = list(versions)
@@ -195,7 +233,7 @@ def main() -> None:
         f"| request | {names[0]} | {names[1]} | after / before |",
         "|---|---:|---:|---:|",
     ]
-    for op in ("READ", "WRITE"):
+    for op in ("READ", "WRITE", "Tread", "Twrite"):
         for size in SIZES:
             b, a = results[names[0]][op, size], results[names[1]][op, size]
             ratio = statistics.median(a) / statistics.median(b)

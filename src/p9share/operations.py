@@ -479,25 +479,30 @@ class Operations:
         return t.file
 
     def write(self, t: Target, offset: int, data: bytes | memoryview) -> int:
-        return self._write(t, offset, len(data), lambda f: t.backend.write(f, offset, data))
+        return self._write(t, offset, len(data), data, None)
 
     def write_from(self, t: Target, offset: int, views: Sequence[memoryview]) -> int:
         """write() of the bytes of the caller's buffers, in order: the count written."""
-        n = sum(len(v) for v in views)
-        return self._write(t, offset, n, lambda f: t.backend.write_from(f, offset, views))
+        return self._write(t, offset, sum(len(v) for v in views), b"", views)
 
-    def _write(self, t: Target, offset: int, count: int, write: Callable[[OpenFile], int]) -> int:
-        """A write of count bytes to an open file, checked and accounted;
-        `write` makes the backend call."""
+    def _write(
+        self,
+        t: Target,
+        offset: int,
+        count: int,
+        data: bytes | memoryview,
+        views: Sequence[memoryview] | None,
+    ) -> int:
+        """A write of count bytes (data, or views when not None) to an open file."""
         if t.file is None:
             raise OSError(errno.EBADF, "not open")
         if t.open_flags & os.O_ACCMODE == os.O_RDONLY:
             raise OSError(errno.EBADF, "not open for writing")
         q = self.quotas.get(t.export.name)
         if q is None:
-            return self._write_checked(t, t.file, offset, count, write, None)
+            return self._write_checked(t, t.file, offset, count, data, views, None)
         with q.size_lock(t.node.qid.path):
-            return self._write_checked(t, t.file, offset, count, write, q)
+            return self._write_checked(t, t.file, offset, count, data, views, q)
 
     def _write_checked(
         self,
@@ -505,10 +510,11 @@ class Operations:
         file: OpenFile,
         offset: int,
         count: int,
-        write: Callable[[OpenFile], int],
+        data: bytes | memoryview,
+        views: Sequence[memoryview] | None,
         q: QuotaLedger | None,
     ) -> int:
-        """Under the file's size lock if the export has a ledger."""
+        """Checked and accounted (under the file's size lock if the export has a ledger)."""
         end = offset + count
         limited = t.export.max_file_size or q is not None
         if t.open_flags & os.O_APPEND and limited:
@@ -523,7 +529,9 @@ class Operations:
                 q.charge(nbytes=end - size)
                 grown = end - size
         try:
-            return write(file)
+            if views is None:
+                return t.backend.write(file, offset, data)
+            return t.backend.write_from(file, offset, views)
         except BaseException:
             if q is not None:
                 q.refund(nbytes=grown)
