@@ -3,6 +3,9 @@
 The device edge hands each descriptor chain to handle(); the session
 answers with FUSE bytes, at once for nearly every request, later for a
 SETLKW that must wait (the chain is deferred and the queue goes on).
+READ and WRITE take another way: their file data goes between the host file
+and the chain's guest-memory buffers (preadv/pwritev), never through a
+Python bytes object; only their 80-byte prefix is read out of the chain.
 """
 
 from __future__ import annotations

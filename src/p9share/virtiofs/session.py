@@ -3,7 +3,9 @@ opcode translated onto the operations layer.
 
 Sans-IO: ``handle(request_bytes)`` returns the reply bytes (or None for the
 requests FUSE never answers); the device edge feeds it each descriptor
-chain's readable bytes and writes the reply into the writable part. It may
+chain's readable bytes and writes the reply into the writable part. For
+READ and WRITE the edge uses ``read_into`` and ``write_from`` instead: the
+file data goes between the file and the chain's buffers with no copy here. It may
 call handle() from several threads at once: the tables are under one lock,
 and no backend call is made while holding it.
 
