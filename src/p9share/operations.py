@@ -21,7 +21,7 @@ import errno
 import logging
 import os
 import stat as stat_mod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -462,34 +462,63 @@ class Operations:
 
     # --------------------------------------------------------------- I/O --
     def read(self, t: Target, offset: int, count: int) -> bytes:
+        return t.backend.read(self._readable(t), offset, count)
+
+    def read_into(self, t: Target, offset: int, views: Sequence[memoryview]) -> int:
+        """read() into the caller's buffers (up to their total length): the count read."""
+        return t.backend.read_into(self._readable(t), offset, views)
+
+    @staticmethod
+    def _readable(t: Target) -> OpenFile:
         if t.file is None:
             raise OSError(errno.EBADF, "not open")
         if t.is_dir:
             raise OSError(errno.EISDIR, "a directory is read by its entries")
         if t.open_flags & os.O_ACCMODE == os.O_WRONLY:
             raise OSError(errno.EBADF, "not open for reading")
-        return t.backend.read(t.file, offset, count)
+        return t.file
 
     def write(self, t: Target, offset: int, data: bytes | memoryview) -> int:
+        return self._write(t, offset, len(data), data, None)
+
+    def write_from(self, t: Target, offset: int, views: Sequence[memoryview]) -> int:
+        """write() of the bytes of the caller's buffers, in order: the count written."""
+        return self._write(t, offset, sum(len(v) for v in views), b"", views)
+
+    def _write(
+        self,
+        t: Target,
+        offset: int,
+        count: int,
+        data: bytes | memoryview,
+        views: Sequence[memoryview] | None,
+    ) -> int:
+        """A write of count bytes (data, or views when not None) to an open file."""
         if t.file is None:
             raise OSError(errno.EBADF, "not open")
         if t.open_flags & os.O_ACCMODE == os.O_RDONLY:
             raise OSError(errno.EBADF, "not open for writing")
         q = self.quotas.get(t.export.name)
         if q is None:
-            return self._write(t, offset, data, None)
+            return self._write_checked(t, t.file, offset, count, data, views, None)
         with q.size_lock(t.node.qid.path):
-            return self._write(t, offset, data, q)
+            return self._write_checked(t, t.file, offset, count, data, views, q)
 
-    def _write(
-        self, t: Target, offset: int, data: bytes | memoryview, q: QuotaLedger | None
+    def _write_checked(
+        self,
+        t: Target,
+        file: OpenFile,
+        offset: int,
+        count: int,
+        data: bytes | memoryview,
+        views: Sequence[memoryview] | None,
+        q: QuotaLedger | None,
     ) -> int:
-        """A write to an open file (under its size lock if the export has a ledger)."""
-        assert t.file is not None
-        end = offset + len(data)
+        """Checked and accounted (under the file's size lock if the export has a ledger)."""
+        end = offset + count
         limited = t.export.max_file_size or q is not None
         if t.open_flags & os.O_APPEND and limited:
-            end = t.backend.getattr(t.node).size + len(data)  # appends land at the end
+            end = t.backend.getattr(t.node).size + count  # appends land at the end
         self.policy.check_size(t.export, end)
         if not t.setid_checked:
             self._drop_setid(t)
@@ -500,7 +529,9 @@ class Operations:
                 q.charge(nbytes=end - size)
                 grown = end - size
         try:
-            return t.backend.write(t.file, offset, data)
+            if views is None:
+                return t.backend.write(file, offset, data)
+            return t.backend.write_from(file, offset, views)
         except BaseException:
             if q is not None:
                 q.refund(nbytes=grown)

@@ -168,6 +168,33 @@ def test_filter_refuses_forbidden_calls_and_threads_still_start() -> None:
 
 
 @needs_filter
+def test_the_calls_of_os_preadv_and_os_pwritev_pass() -> None:
+    """CPython's os.preadv/os.pwritev make preadv2/pwritev2 (the virtio-fs
+    READ/WRITE path): refused, each would cost a failed call and a kernel
+    log line before glibc's fallback. Probed with a bad fd: EBADF when the
+    call reaches the kernel, ENOSYS when the filter refuses it."""
+    res = child(
+        """
+        import ctypes
+        from p9share.security import seccomp
+        libc = ctypes.CDLL(None, use_errno=True)
+        def probe(name):
+            r = libc.syscall(ctypes.c_long(seccomp._nr(name)), ctypes.c_int(-1),
+                             ctypes.c_void_p(None), ctypes.c_int(0), ctypes.c_long(0),
+                             ctypes.c_long(0), ctypes.c_int(0))
+            return "ok" if r >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+        fd = os.memfd_create("probe")
+        sb.apply_sandbox(sb.SandboxConfig(landlock=False, seccomp="required"))
+        out["calls"] = {n: probe(n) for n in ("preadv", "pwritev", "preadv2", "pwritev2")}
+        out["io"] = [os.pwritev(fd, [b"ab", b"cd"], 0), os.preadv(fd, [bytearray(4)], 0)]
+        """,
+        {},
+    )
+    assert res["calls"] == dict.fromkeys(("preadv", "pwritev", "preadv2", "pwritev2"), "EBADF")
+    assert res["io"] == [4, 4]
+
+
+@needs_filter
 def test_tsync_puts_the_filter_on_threads_that_already_run() -> None:
     res = child(
         """

@@ -617,3 +617,65 @@ def test_decode_reply_malformed() -> None:
     with pytest.raises(f.FuseDecodeError):
         f.parse_dirents(struct.pack("<QQII", 1, 1, 100, 0) + b"ab", plus=False)
     assert f.parse_names(b"user.a\x00user.b\x00") == ["user.a", "user.b"]
+
+
+# ------------------------------------------------- READ/WRITE from a prefix --
+
+
+@given(
+    offset=st.integers(0, 2**64 - 1),
+    size=st.integers(0, 5000),
+    flags=st.integers(0, 2**32 - 1),
+    fh=st.integers(0, 2**64 - 1),
+)
+@settings(max_examples=60, deadline=None)
+def test_io_prefix_decodes_as_the_whole_request(
+    offset: int, size: int, flags: int, fh: int
+) -> None:
+    """The first 80 bytes of a READ or WRITE decode to what decode_request gives."""
+    read = f.Read(5, 9, 1, 2, 3, fh, offset, size, 1, 77, flags)
+    data = f.encode_request(read)
+    assert f.decode_io_prefix(data[: f.IO_PREFIX_SIZE], len(data)) == read == f.decode_request(data)
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    write = f.Write(6, 9, 1, 2, 3, fh, offset, 1, 77, flags, payload)
+    data = f.encode_request(write)
+    got = f.decode_io_prefix(data[: f.IO_PREFIX_SIZE], len(data))
+    assert got == f.WriteIn(6, 9, 1, 2, 3, fh, offset, size, 1, 77, flags)
+    assert f.decode_request(data) == write
+
+
+def test_io_prefix_refuses_what_decode_request_refuses() -> None:
+    read = f.encode_request(f.Read(5, 9, 1, 2, 3, 1, 0, 10, 0, 0, 0))
+    write = f.encode_request(f.Write(6, 9, 1, 2, 3, 1, 0, 0, 0, 0, b"abc"))
+    cases = [
+        (read, len(read) + 8),  # fuse_in_header.len is not the request's length
+        (read[:4] + (99).to_bytes(4, "little") + read[8:], len(read)),  # a wrong opcode ...
+        (write, len(write) - 1),
+    ]
+    for data, total in cases[:1] + cases[2:]:
+        with pytest.raises(f.FuseDecodeError) as ei:
+            f.decode_io_prefix(data[: f.IO_PREFIX_SIZE], total)
+        assert ei.value.errno == errno.EPROTO and ei.value.unique in (5, 6)
+    with pytest.raises(ValueError):  # ... is the caller's bug: it checks the opcode first
+        f.decode_io_prefix(cases[1][0], cases[1][1])
+    with pytest.raises(ValueError):
+        f.decode_io_prefix(read[:79], len(read))
+    # a READ that carries more than fuse_read_in, with a header that says so
+    longer = (88).to_bytes(4, "little") + read[4:] + bytes(8)
+    with pytest.raises(f.FuseDecodeError, match="READ body is 48 bytes"):
+        f.decode_io_prefix(longer[: f.IO_PREFIX_SIZE], 88)
+    with pytest.raises(f.FuseDecodeError):
+        f.decode_request(longer)
+    # fuse_write_in.size that disagrees with the data carried
+    bad = bytearray(write)
+    bad[56:60] = (4).to_bytes(4, "little")
+    with pytest.raises(f.FuseDecodeError, match="WRITE says 4 bytes but carries 3"):
+        f.decode_io_prefix(bytes(bad[: f.IO_PREFIX_SIZE]), len(bad))
+    with pytest.raises(f.FuseDecodeError):
+        f.decode_request(bytes(bad))
+    # extensions that 7.38 did not negotiate
+    ext = bytearray(read)
+    ext[36:38] = (1).to_bytes(2, "little")
+    with pytest.raises(f.FuseDecodeError, match="extensions"):
+        f.decode_io_prefix(bytes(ext), len(ext), f.Proto(38))
+    assert f.decode_io_prefix(bytes(ext), len(ext), f.Proto(37)).size == 10

@@ -223,6 +223,26 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def write(self, file: OpenFile, offset: int, data: bytes | memoryview) -> int: ...
 
+    # The same two with the caller's buffers (virtio-fs: guest memory), so
+    # file data need not pass through a Python object. These defaults copy
+    # through read/write; a backend with a file descriptor does better.
+    def read_into(self, file: OpenFile, offset: int, views: Sequence[memoryview]) -> int:
+        """Read into views, in order, up to their total length; the count
+        read (less only at the end of the file)."""
+        data = memoryview(self.read(file, offset, sum(len(v) for v in views)))
+        pos = 0
+        for v in views:
+            chunk = data[pos : pos + len(v)]
+            if not chunk:
+                break
+            v[: len(chunk)] = chunk
+            pos += len(chunk)
+        return pos
+
+    def write_from(self, file: OpenFile, offset: int, views: Sequence[memoryview]) -> int:
+        """Write the bytes of views, in order, as one write at offset; the count written."""
+        return self.write(file, offset, views[0] if len(views) == 1 else b"".join(views))
+
     @abc.abstractmethod
     def readdir(self, file: OpenFile, cookie: int) -> Iterator[DirEntry]:
         """Entries after `cookie` (0 = from the start), '.' and '..' first.

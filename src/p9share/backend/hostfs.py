@@ -136,6 +136,7 @@ _UTIME_OMIT = (1 << 30) - 2
 _STATX_BTIME = 0x800
 _STATX_MNT_ID = 0x1000
 _INT64_MAX = (1 << 63) - 1
+_IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers one preadv/pwritev takes (Linux: 1024)
 _MAX_DEPTH = 4096  # '..' climbs give up after this many levels
 
 # struct flock on 64-bit Linux (x86_64, aarch64, riscv64): l_type, l_whence, (pad), l_start, l_len, l_pid, (pad)
@@ -1113,6 +1114,38 @@ class HostBackend(Backend):
         with self._using(file) as f:
             # On an O_APPEND fd Linux's pwrite appends, ignoring offset.
             return os.pwrite(f.fd, data, offset)
+
+    def read_into(self, file: OpenFile, offset: int, views: Sequence[memoryview]) -> int:
+        if not 0 <= offset <= _INT64_MAX:
+            _fail(errno.EINVAL)
+        with self._using(file) as f:
+            if len(views) <= _IOV_MAX:
+                return os.preadv(f.fd, views, offset)
+            total = 0  # more buffers than one call takes: in turns, until one falls short
+            for i in range(0, len(views), _IOV_MAX):
+                part = views[i : i + _IOV_MAX]
+                n = os.preadv(f.fd, part, offset + total)
+                total += n
+                if n < sum(len(v) for v in part):
+                    break
+            return total
+
+    def write_from(self, file: OpenFile, offset: int, views: Sequence[memoryview]) -> int:
+        self._check_writable()
+        if not 0 <= offset <= _INT64_MAX:
+            _fail(errno.EINVAL)
+        with self._using(file) as f:
+            # On an O_APPEND fd Linux's pwritev appends, ignoring offset.
+            if len(views) <= _IOV_MAX:
+                return os.pwritev(f.fd, views, offset)
+            total = 0
+            for i in range(0, len(views), _IOV_MAX):
+                part = views[i : i + _IOV_MAX]
+                n = os.pwritev(f.fd, part, offset + total)
+                total += n
+                if n < sum(len(v) for v in part):
+                    break
+            return total
 
     def readdir(self, file: OpenFile, cookie: int) -> Iterator[DirEntry]:
         # Streamed from the directory in batches of one getdents64 call: a

@@ -41,7 +41,7 @@ import os
 import stat
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from ..protocol.constants import (
     DT_BLK,
@@ -397,6 +397,12 @@ class MappedBackend(Backend):
 
     def write(self, file: OpenFile, offset: int, data: bytes | memoryview) -> int:
         return self.inner.write(self._file(file).inner, offset, data)
+
+    def read_into(self, file: OpenFile, offset: int, views: Sequence[memoryview]) -> int:
+        return self.inner.read_into(self._file(file).inner, offset, views)
+
+    def write_from(self, file: OpenFile, offset: int, views: Sequence[memoryview]) -> int:
+        return self.inner.write_from(self._file(file).inner, offset, views)
 
     def readdir(self, file: OpenFile, cookie: int) -> Iterator[DirEntry]:
         f = self._file(file)

@@ -126,6 +126,8 @@ SYSCALLS: dict[str, tuple[int | None, int | None]] = {
     "clock_nanosleep": (230, 115),
     "preadv": (295, 69),
     "pwritev": (296, 70),
+    "preadv2": (327, 286),
+    "pwritev2": (328, 287),
     "readlink": (89, None),
     "unlink": (87, None),
     # never allowed; named for the probe and the tests
@@ -151,6 +153,9 @@ _NEVER = ("clone3", "execve", "ptrace", "mount", "unshare", "seccomp")
 #   pipe2         a vhost-user listener's wake pipe (made when it starts serving)
 #   clock_nanosleep  time.sleep: the FUSE lock waiter's retry, an accept backoff
 #   preadv, pwritev  reads and writes straight into and out of guest memory
+#   preadv2, pwritev2  what CPython's os.preadv/os.pwritev call (glibc falls
+#                 back to preadv/pwritev on ENOSYS, but each refusal would be
+#                 a failed call and a kernel log line per virtio-fs READ/WRITE)
 #   readlink      /proc/self/fd/N tells an eventfd from other fds (x86_64's
 #                 os.readlink without dir_fd; aarch64 has only readlinkat)
 #   unlink        a vhost-user listener removes its socket file at stop

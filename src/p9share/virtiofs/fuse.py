@@ -892,12 +892,12 @@ _DECODERS: dict[int, _Decoder] = {
 }
 
 
-def decode_request(data: bytes | bytearray | memoryview, proto: Proto = PROTO_LATEST) -> Request:
-    """One whole request (the readable part of a descriptor chain) -> typed request.
-
-    Raises FuseDecodeError for anything malformed, and only that."""
-    n = len(data)
-    if n < IN_HEADER_SIZE:
+def _in_header(
+    data: bytes | bytearray | memoryview, n: int, proto: Proto
+) -> tuple[int, int, int, int, int, int]:
+    """fuse_in_header of a request of n bytes, checked: (opcode, unique,
+    nodeid, uid, gid, pid)."""
+    if len(data) < IN_HEADER_SIZE:
         raise FuseDecodeError(f"request of {n} bytes is shorter than the 40-byte fuse_in_header")
     length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = IN_HEADER.unpack_from(data)
     if length != n:
@@ -912,6 +912,14 @@ def decode_request(data: bytes | bytearray | memoryview, proto: Proto = PROTO_LA
             unique=unique,
             opcode=opcode,
         )
+    return opcode, unique, nodeid, uid, gid, pid
+
+
+def decode_request(data: bytes | bytearray | memoryview, proto: Proto = PROTO_LATEST) -> Request:
+    """One whole request (the readable part of a descriptor chain) -> typed request.
+
+    Raises FuseDecodeError for anything malformed, and only that."""
+    opcode, unique, nodeid, uid, gid, pid = _in_header(data, len(data), proto)
     body = bytes(data[IN_HEADER_SIZE:])
     dec = _DECODERS.get(opcode)
     if dec is None:
@@ -922,6 +930,52 @@ def decode_request(data: bytes | bytearray | memoryview, proto: Proto = PROTO_LA
         raise FuseDecodeError(
             f"{opcode_name(opcode)}: {e}", unique=unique, opcode=opcode, errno=e.errno
         ) from None
+
+
+IO_PREFIX_SIZE = IN_HEADER_SIZE + READ_IN.size  # 80: a whole READ; what precedes WRITE's data
+
+
+@dataclass(frozen=True, slots=True)
+class WriteIn(Request):
+    """A WRITE without its data: the `size` bytes after the first
+    IO_PREFIX_SIZE of the request (read from guest memory by the caller)."""
+
+    fh: int
+    offset: int
+    size: int
+    write_flags: int
+    lock_owner: int
+    flags: int
+    OPCODE: ClassVar[int] = Opcode.WRITE
+
+
+def decode_io_prefix(head: bytes, total: int, proto: Proto = PROTO_LATEST) -> Read | WriteIn:
+    """A READ or WRITE from the first IO_PREFIX_SIZE bytes of a request of
+    `total` bytes, checked as decode_request checks it (so the data of a WRITE
+    never has to be copied to be decoded). Raises FuseDecodeError for anything
+    malformed; ValueError (a caller's bug) for another opcode or a head
+    shorter than IO_PREFIX_SIZE (decode_request answers a shorter request)."""
+    if len(head) < IO_PREFIX_SIZE:
+        raise ValueError(f"an I/O prefix of {len(head)} bytes")
+    opcode, unique, nodeid, uid, gid, pid = _in_header(head, total, proto)
+    fh, offset, size, rwflags, owner, flags = READ_IN.unpack_from(head, IN_HEADER_SIZE)
+    if opcode == Opcode.READ:
+        if total != IO_PREFIX_SIZE:
+            raise FuseDecodeError(
+                f"READ body is {total - IN_HEADER_SIZE} bytes, expected {READ_IN.size}",
+                unique=unique,
+                opcode=opcode,
+            )
+        return Read(unique, nodeid, uid, gid, pid, fh, offset, size, rwflags, owner, flags)
+    if opcode == Opcode.WRITE:
+        if total - IO_PREFIX_SIZE != size:
+            raise FuseDecodeError(
+                f"WRITE says {size} bytes but carries {total - IO_PREFIX_SIZE}",
+                unique=unique,
+                opcode=opcode,
+            )
+        return WriteIn(unique, nodeid, uid, gid, pid, fh, offset, size, rwflags, owner, flags)
+    raise ValueError(f"{opcode_name(opcode)} is not READ or WRITE")
 
 
 # ---------------------------------------------------------------- encoding requests

@@ -3,6 +3,9 @@
 The device edge hands each descriptor chain to handle(); the session
 answers with FUSE bytes, at once for nearly every request, later for a
 SETLKW that must wait (the chain is deferred and the queue goes on).
+READ and WRITE take another way: their file data goes between the host file
+and the chain's guest-memory buffers (preadv/pwritev), never through a
+Python bytes object; only their 80-byte prefix is read out of the chain.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from .virtqueue import ChainError, ChainReader, ChainWriter
 
 log = logging.getLogger("p9share.virtiofs")
 
-_OUT_HEADER = 16  # fuse_out_header: len, error, unique
+_OUT_HEADER = fuse.OUT_HEADER_SIZE  # fuse_out_header: len, error, unique
+_IO_PREFIX = fuse.IO_PREFIX_SIZE  # fuse_in_header and fuse_read_in / fuse_write_in
+_READ, _WRITE = int(fuse.Opcode.READ), int(fuse.Opcode.WRITE)
 
 
 # what each finished request is told to: (op, errno, seconds, bytes read, bytes written)
@@ -33,7 +38,15 @@ class FuseRequestHandler:
         self.observe = observe  # the live metrics, when the server keeps them
 
     def handle(self, reader: ChainReader, writer: ChainWriter) -> None:
-        data = reader.read(reader.remaining)  # bounded by the chain: the guest's own buffers
+        total = reader.remaining
+        head = reader.read(_IO_PREFIX)
+        if len(head) == _IO_PREFIX:
+            opcode = int.from_bytes(head[4:8], "little")
+            if opcode in (_READ, _WRITE):
+                self._data(opcode, head, total, reader, writer)
+                return
+        # every other request: its bytes (bounded by the chain: the guest's own buffers)
+        data = head + reader.read(reader.remaining) if reader.remaining else head
         writer.defer()
         t0 = time.perf_counter()
 
@@ -47,6 +60,23 @@ class FuseRequestHandler:
                     _observe(self.observe, data, reply, time.perf_counter() - t0)
 
         self.session.submit(data, done)
+
+    def _data(
+        self, opcode: int, head: bytes, total: int, reader: ChainReader, writer: ChainWriter
+    ) -> None:
+        """READ and WRITE: the file data goes straight between the file and
+        the chain's buffers (see FuseSession.read_into and write_from)."""
+        t0 = time.perf_counter()
+        if opcode == _READ:
+            n, err = self.session.read_into(head, total, writer)
+            if self.observe is not None:
+                nread = n - _OUT_HEADER if n and not err else 0
+                self.observe("read", err, time.perf_counter() - t0, nread, 0)
+            return
+        reply = self.session.write_from(head, total, reader.views())
+        _write_reply(writer, head, reply)
+        if self.observe is not None:
+            _observe(self.observe, head, reply, time.perf_counter() - t0)
 
     def close(self) -> None:
         self.session.close()

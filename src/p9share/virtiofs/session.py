@@ -3,7 +3,9 @@ opcode translated onto the operations layer.
 
 Sans-IO: ``handle(request_bytes)`` returns the reply bytes (or None for the
 requests FUSE never answers); the device edge feeds it each descriptor
-chain's readable bytes and writes the reply into the writable part. It may
+chain's readable bytes and writes the reply into the writable part. For
+READ and WRITE the edge uses ``read_into`` and ``write_from`` instead: the
+file data goes between the file and the chain's buffers with no copy here. It may
 call handle() from several threads at once: the tables are under one lock,
 and no backend call is made while holding it.
 
@@ -27,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..audit import NULL_AUDIT, AuditLog
 from ..backend.base import NOW, Attr, Backend, LockRequest, Node, OpenFile, TimeSpec
@@ -134,6 +136,16 @@ class _Used:
     opens: list[_Open] = field(default_factory=list)
     where: Handle | None = None  # the first target, for the audit record of a refusal
     name: str | None = None
+
+
+class Room(Protocol):
+    """Where a reply is written in place: a chain's writable part (ChainWriter)."""
+
+    available: int
+
+    def views(self, n: int | None = None) -> list[memoryview]: ...
+
+    def advance(self, n: int) -> None: ...
 
 
 class FuseSession:
@@ -280,18 +292,102 @@ class FuseSession:
             if isinstance(req, fuse.Setlkw):
                 return self._setlkw(req, used, done)
             return handler(req, used)
-        except PolicyError as e:
-            op = fuse.opcode_name(req.OPCODE).lower()
-            self.ops.denied(op, used.where, used.name, e)
-            return fuse.reply_error(req.unique, _errno(e.errno, errno.EACCES))
-        except OSError as e:
-            return fuse.reply_error(req.unique, _errno(e.errno, errno.EIO))
-        except Exception:  # a server bug must not take the device down
-            log.exception("%s: internal error handling %r", self.peer, req)
-            return fuse.reply_error(req.unique, errno.EIO)
+        except Exception as e:
+            return self._failed(req, used, e)
         finally:
             if used.inodes or used.opens:
                 self._unpin(used)
+
+    def _failed(self, req: Request, used: _Used, e: Exception) -> bytes:
+        """The error reply to a request that raised e (refusals audited)."""
+        if isinstance(e, PolicyError):
+            op = fuse.opcode_name(req.OPCODE).lower()
+            self.ops.denied(op, used.where, used.name, e)
+            return fuse.reply_error(req.unique, _errno(e.errno, errno.EACCES))
+        if isinstance(e, OSError):
+            return fuse.reply_error(req.unique, _errno(e.errno, errno.EIO))
+        # a server bug must not take the device down
+        log.error("%s: internal error handling %r", self.peer, req, exc_info=e)
+        return fuse.reply_error(req.unique, errno.EIO)
+
+    # ------------------------------------------------- READ and WRITE in place --
+    # The device edge's path for file data: the data goes between the file and
+    # the chain's buffers (guest memory) with no Python object in between. The
+    # request is decoded from its first fuse.IO_PREFIX_SIZE bytes; everything
+    # else is as handle() does it.
+
+    def read_into(self, head: bytes, total: int, room: Room) -> tuple[int, int]:
+        """A READ (head: its bytes, total: its length) answered in place: the
+        reply, fuse_out_header then the data read from the file, is written
+        into room (the chain's writable part) and room advanced past it.
+        Returns (reply length, errno); length 0 when room cannot hold even an
+        error reply. Never raises, never reads more than the request's size,
+        never writes past room (too little room for the size asked is EIO: a
+        guest bug, the kernel gives room for what it asks)."""
+        if room.available < fuse.OUT_HEADER_SIZE:
+            return 0, errno.EIO
+        req = self._io_request(head, total)
+        if isinstance(req, bytes):
+            return _reply(room, req), _reply_errno(req)
+        if not isinstance(req, fuse.Read):
+            raise ValueError("read_into() of a request that is not a READ")
+        # never more than negotiated, whatever a guest asks
+        want = min(req.size, MAX_WRITE)
+        if room.available - fuse.OUT_HEADER_SIZE < want:
+            log.info("%s: READ of %d bytes with room for %d", self.peer, want,
+                     room.available - fuse.OUT_HEADER_SIZE)  # fmt: skip
+            return _reply(room, fuse.reply_error(req.unique, errno.EIO)), errno.EIO
+        header = room.views(fuse.OUT_HEADER_SIZE)  # filled last, when the count is known
+        room.advance(fuse.OUT_HEADER_SIZE)
+        used = _Used()
+        try:
+            t, _ = self._opened(req.fh, req.uid, used)
+            n = self.ops.read_into(t, req.offset, room.views(want))
+        except Exception as e:
+            reply = self._failed(req, used, e)  # 16 bytes: what the header holds
+            _put(header, reply)
+            return fuse.OUT_HEADER_SIZE, _reply_errno(reply)
+        finally:
+            if used.inodes or used.opens:
+                self._unpin(used)
+        _put(header, fuse.out_header(req.unique, n))
+        room.advance(n)
+        return fuse.OUT_HEADER_SIZE + n, 0
+
+    def write_from(self, head: bytes, total: int, data: list[memoryview]) -> bytes:
+        """A WRITE (head: its first fuse.IO_PREFIX_SIZE bytes, total: its
+        length) whose data, the rest of the request (fuse_write_in.size
+        bytes, checked against total), is written to the file straight from
+        the buffers `data`, which hold exactly that rest. Returns the reply;
+        never raises."""
+        req = self._io_request(head, total)
+        if isinstance(req, bytes):
+            return req
+        if not isinstance(req, fuse.WriteIn):
+            raise ValueError("write_from() of a request that is not a WRITE")
+        used = _Used()
+        try:
+            t, of = self._opened(req.fh, req.uid, used)
+            n = self.ops.write_from(t, req.offset, data)
+            of.setid_checked = t.setid_checked
+            return fuse.reply_write(req.unique, n)
+        except Exception as e:
+            return self._failed(req, used, e)
+        finally:
+            if used.inodes or used.opens:
+                self._unpin(used)
+
+    def _io_request(self, head: bytes, total: int) -> fuse.Read | fuse.WriteIn | bytes:
+        """The READ or WRITE of head, or the error reply (as _dispatch answers)."""
+        try:
+            req = fuse.decode_io_prefix(head, total, self.proto or fuse.PROTO_LATEST)
+        except fuse.FuseDecodeError as e:
+            log.info("%s: bad FUSE request: %s", self.peer, e)
+            assert e.unique is not None  # a whole header was there
+            return fuse.reply_error(e.unique, e.errno)
+        if self.proto is None:
+            return fuse.reply_error(req.unique, errno.EIO)  # nothing before INIT
+        return req
 
     # ------------------------------------------------------------- tables --
     def _at(self, nodeid: int, uid: int, used: _Used) -> Handle:
@@ -812,6 +908,29 @@ class FuseSession:
 
 
 # ------------------------------------------------------------------ helpers --
+
+
+def _put(views: list[memoryview], data: bytes) -> int:
+    """Copy data into views from their start (it fits): its length."""
+    pos = 0
+    for v in views:
+        if pos >= len(data):
+            break
+        chunk = data[pos : pos + len(v)]
+        v[: len(chunk)] = chunk
+        pos += len(chunk)
+    return pos
+
+
+def _reply(room: Room, reply: bytes) -> int:
+    """A whole (small) reply into room, advanced past it: its length."""
+    _put(room.views(len(reply)), reply)
+    room.advance(len(reply))
+    return len(reply)
+
+
+def _reply_errno(reply: bytes) -> int:
+    return -int.from_bytes(reply[4:8], "little", signed=True)
 
 
 def _errno(err: int | None, default: int) -> int:

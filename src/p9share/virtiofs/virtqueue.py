@@ -107,7 +107,9 @@ class ChainReader:
         while want > 0:
             seg = segs[self._i]
             take = min(len(seg) - self._off, want)
-            if take:
+            if take == len(seg):
+                out.append(seg)  # a whole buffer: no new view
+            elif take:
                 out.append(seg[self._off : self._off + take])
             self._advance(take)
             want -= take
@@ -194,7 +196,9 @@ class ChainWriter:
         while want > 0:
             seg = segs[i]
             take = min(len(seg) - off, want)
-            if take:
+            if take == len(seg):
+                out.append(seg)  # a whole buffer: no new view
+            elif take:
                 out.append(seg[off : off + take])
             want -= take
             i += 1
