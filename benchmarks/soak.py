@@ -121,10 +121,21 @@ exports = {{ data = "rw", bulk = "ro" }}
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "p9share", "serve", "--config",
-                 str(self.workdir / "policy.toml"), "--log-level", "warning"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "p9share",
+                    "serve",
+                    "--config",
+                    str(self.workdir / "policy.toml"),
+                    "--log-level",
+                    "warning",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -209,7 +220,11 @@ class Shared:
             elif isinstance(e, ConnectionError | EOFError) or (
                 isinstance(e, OSError) and e.errno in (errno.EPIPE, errno.ECONNRESET, None)
             ):
-                key = "connection lost (server killed)" if not self.serving.is_set() else "connection lost"
+                key = (
+                    "connection lost (server killed)"
+                    if not self.serving.is_set()
+                    else "connection lost"
+                )
                 self.errors[f"{cls} {key}"] += 1
             elif isinstance(e, OSError):
                 self.errors[f"{cls} {errno.errorcode.get(e.errno or 0, e.errno)}"] += 1
@@ -220,7 +235,9 @@ class Shared:
         with self.lock:
             self.acked[path] = (digest, size)
             if self.ack_log is not None:
-                self.ack_log.write(json.dumps({"path": path, "sha256": digest, "size": size}) + "\n")
+                self.ack_log.write(
+                    json.dumps({"path": path, "sha256": digest, "size": size}) + "\n"
+                )
                 self.ack_log.flush()
 
 
@@ -275,9 +292,16 @@ class RawWorker(threading.Thread):
                     time.sleep(0.2)
                     continue
             op = self.rng.choices(
-                (self.write_file, self.read_back, self.stat, self.readdir, self.bulk_read, self.delete),
+                (
+                    self.write_file,
+                    self.read_back,
+                    self.stat,
+                    self.readdir,
+                    self.bulk_read,
+                    self.delete,
+                ),
                 (40, 20, 15, 5, 10, 10),
-            )[0]  # fmt: skip
+            )[0]
             t = time.monotonic()
             try:
                 op()
@@ -436,9 +460,16 @@ class AioWorker:
                     await asyncio.sleep(0.2)
                     continue
             op = self.rng.choices(
-                (self.write_file, self.read_back, self.stat, self.readdir, self.bulk_read, self.delete),
+                (
+                    self.write_file,
+                    self.read_back,
+                    self.stat,
+                    self.readdir,
+                    self.bulk_read,
+                    self.delete,
+                ),
                 (40, 20, 15, 5, 10, 10),
-            )[0]  # fmt: skip
+            )[0]
             t = time.monotonic()
             try:
                 await asyncio.wait_for(op(), OP_TIMEOUT)
@@ -697,8 +728,13 @@ def verify_acked(sh: Shared, data: Path) -> dict[str, Any]:
             corrupt.append(path)
         else:
             ok += 1
-    return {"acknowledged": len(acked), "on_disk_ok": ok, "lost": lost, "corrupt": corrupt,
-            "delete_in_flight": ambiguous}  # fmt: skip
+    return {
+        "acknowledged": len(acked),
+        "on_disk_ok": ok,
+        "lost": lost,
+        "corrupt": corrupt,
+        "delete_in_flight": ambiguous,
+    }
 
 
 def probe_ledger(sock: str, data: Path, st: Settings) -> dict[str, Any]:
@@ -745,13 +781,17 @@ def probe_ledger(sock: str, data: Path, st: Settings) -> dict[str, Any]:
                 c.rpc(m.Tunlinkat(0, name, 0))
         c.close()
     return {
-        "du_bytes": bytes_used, "du_files": files_used,
-        "files_room_expected": st.quota_files - files_used, "files_room_found": files_room,
-        "bytes_room_expected": room, "bytes_room_found": off, "stopped_by": probe_error,
+        "du_bytes": bytes_used,
+        "du_files": files_used,
+        "files_room_expected": st.quota_files - files_used,
+        "files_room_found": files_room,
+        "bytes_room_expected": room,
+        "bytes_room_found": off,
+        "stopped_by": probe_error,
         "files_match": files_room == st.quota_files - files_used and edquot_files,
         # None: no file could be made to measure the bytes through
         "bytes_match": (off == room and not probe_error and edquot_bytes) if made else None,
-    }  # fmt: skip
+    }
 
 
 def percentiles(xs: list[float]) -> dict[str, float]:
@@ -759,8 +799,12 @@ def percentiles(xs: list[float]) -> dict[str, float]:
         return {"n": 0}
     xs = sorted(xs)
     q = statistics.quantiles(xs, n=100) if len(xs) > 1 else [xs[0]] * 99
-    return {"n": len(xs), "p50_ms": round(q[49], 2), "p99_ms": round(q[98], 2),
-            "max_ms": round(xs[-1], 1)}  # fmt: skip
+    return {
+        "n": len(xs),
+        "p50_ms": round(q[49], 2),
+        "p99_ms": round(q[98], 2),
+        "max_ms": round(xs[-1], 1),
+    }
 
 
 # ------------------------------------------------------------------ run --
@@ -778,7 +822,11 @@ def run(st: Settings, workdir: Path) -> dict[str, Any]:
     threads: list[threading.Thread] = [*raws]
     if aios:
         threads.append(threading.Thread(target=run_aio, args=(aios,), daemon=True, name="soak-aio"))
-    for fn, n in ((flood, st.floods), (slow_reader, st.slow_readers), (half_sender, st.half_senders)):
+    for fn, n in (
+        (flood, st.floods),
+        (slow_reader, st.slow_readers),
+        (half_sender, st.half_senders),
+    ):
         threads += [threading.Thread(target=fn, args=(srv.sock, sh), daemon=True) for _ in range(n)]
     samples: list[dict[str, float]] = []
     crash: dict[str, Any] = {}
@@ -842,9 +890,13 @@ def run(st: Settings, workdir: Path) -> dict[str, Any]:
         "read_back_mismatches": sh.mismatches,
         "reconnects": sum(sh.reconnects.values()),
         "hostile": dict(sh.hostile),
-        "server": {"rss_mib_max": max(rss, default=0), "rss_mib_last": rss[-1] if rss else 0,
-                   "threads_max": max(thr, default=0), "threads_last": thr[-1] if thr else 0,
-                   "internal_errors": srv.internal_errors()},  # fmt: skip
+        "server": {
+            "rss_mib_max": max(rss, default=0),
+            "rss_mib_last": rss[-1] if rss else 0,
+            "threads_max": max(thr, default=0),
+            "threads_last": thr[-1] if thr else 0,
+            "internal_errors": srv.internal_errors(),
+        },
         "crash": crash,
         "final_ledger": final_ledger,
         "final_acked": final_acked,
@@ -853,31 +905,42 @@ def run(st: Settings, workdir: Path) -> dict[str, Any]:
 
 
 def summary_line(r: dict[str, Any]) -> str:
-    lat = " ".join(f"{c} p50 {v.get('p50_ms')} ms p99 {v.get('p99_ms')} ms" for c, v in r["latency"].items())
+    lat = " ".join(
+        f"{c} p50 {v.get('p50_ms')} ms p99 {v.get('p99_ms')} ms" for c, v in r["latency"].items()
+    )
     cr = r["crash"]
     crash = ""
     if cr:
         a = cr["acked_writes"]
         led = cr["ledger_after_restart"]
-        crash = (f"; kill -9 at {cr['killed_at_s']} s: {a['on_disk_ok']}/{a['acknowledged']} acked "
-                 f"writes on disk, {len(a['lost'])} lost, {len(a['corrupt'])} corrupt; ledger "
-                 f"{'matches' if led['files_match'] and led['bytes_match'] else 'DIFFERS'}; "
-                 f"{cr['clients_resumed']}/{cr['clients']} clients resumed")  # fmt: skip
-    return (f"soak: {sum(r['ops'].values())} ops in {r['seconds']} s ({r['ops_per_second']}/s) "
-            f"{lat}; errors {sum(r['errors'].values())}, expected {sum(r['expected_errors'].values())}; "
-            f"server RSS max {r['server']['rss_mib_max']} MiB, threads max {r['server']['threads_max']}, "
-            f"internal errors {r['server']['internal_errors']}{crash}")  # fmt: skip
+        crash = (
+            f"; kill -9 at {cr['killed_at_s']} s: {a['on_disk_ok']}/{a['acknowledged']} acked "
+            f"writes on disk, {len(a['lost'])} lost, {len(a['corrupt'])} corrupt; ledger "
+            f"{'matches' if led['files_match'] and led['bytes_match'] else 'DIFFERS'}; "
+            f"{cr['clients_resumed']}/{cr['clients']} clients resumed"
+        )
+    return (
+        f"soak: {sum(r['ops'].values())} ops in {r['seconds']} s ({r['ops_per_second']}/s) "
+        f"{lat}; errors {sum(r['errors'].values())}, expected {sum(r['expected_errors'].values())}; "
+        f"server RSS max {r['server']['rss_mib_max']} MiB, threads max {r['server']['threads_max']}, "
+        f"internal errors {r['server']['internal_errors']}{crash}"
+    )
 
 
 def markdown(r: dict[str, Any]) -> str:
     st = r["settings"]
     lines = [
-        f"# Soak and crash run ({st['clients']} clients, {st['duration']:.0f} s)", "",
-        summary_line(r), "",
-        "| class | ops | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|",
-    ]  # fmt: skip
+        f"# Soak and crash run ({st['clients']} clients, {st['duration']:.0f} s)",
+        "",
+        summary_line(r),
+        "",
+        "| class | ops | p50 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|",
+    ]
     for cls, v in r["latency"].items():
-        lines.append(f"| {cls} | {r['ops'].get(cls, 0)} | {v.get('p50_ms')} | {v.get('p99_ms')} | {v.get('max_ms')} |")
+        lines.append(
+            f"| {cls} | {r['ops'].get(cls, 0)} | {v.get('p50_ms')} | {v.get('p99_ms')} | {v.get('max_ms')} |"
+        )
     lines += ["", "Errors (unexpected):", ""]
     lines += [f"- {k}: {v}" for k, v in sorted(r["errors"].items())] or ["- none"]
     lines += ["", "Expected errors:", ""]
@@ -885,17 +948,30 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", "Hostile clients:", ""]
     lines += [f"- {k}: {v}" for k, v in sorted(r["hostile"].items())]
     srv = r["server"]
-    lines += ["", f"Server: RSS max {srv['rss_mib_max']} MiB (last {srv['rss_mib_last']}), threads "
-              f"max {srv['threads_max']} (last {srv['threads_last']}), internal errors {srv['internal_errors']}."]  # fmt: skip
+    lines += [
+        "",
+        f"Server: RSS max {srv['rss_mib_max']} MiB (last {srv['rss_mib_last']}), threads "
+        f"max {srv['threads_max']} (last {srv['threads_last']}), internal errors {srv['internal_errors']}.",
+    ]
     s = r["samples"]
     if s:
         step = max(1, len(s) // 12)
         lines += ["", "| t s | ops so far | RSS MiB | threads | fds |", "|---|---|---|---|---|"]
-        lines += [f"| {x['t']} | {x.get('ops')} | {x.get('rss_mib')} | {x.get('threads')} | {x.get('fds')} |"
-                  for x in s[::step]]  # fmt: skip
+        lines += [
+            f"| {x['t']} | {x.get('ops')} | {x.get('rss_mib')} | {x.get('threads')} | {x.get('fds')} |"
+            for x in s[::step]
+        ]
     if r["crash"]:
         lines += ["", "Crash consistency:", "", "```", json.dumps(r["crash"], indent=1), "```"]
-    lines += ["", "Ledger at the end:", "", "```", json.dumps(r["final_ledger"], indent=1), "```", ""]
+    lines += [
+        "",
+        "Ledger at the end:",
+        "",
+        "```",
+        json.dumps(r["final_ledger"], indent=1),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -908,7 +984,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--floods", type=int, default=d.floods)
     p.add_argument("--slow-readers", type=int, default=d.slow_readers)
     p.add_argument("--half-senders", type=int, default=d.half_senders)
-    p.add_argument("--crash-at", type=float, default=d.crash_at, help="fraction of the run; 0: none")
+    p.add_argument(
+        "--crash-at", type=float, default=d.crash_at, help="fraction of the run; 0: none"
+    )
     p.add_argument("--quota-bytes", type=int, default=d.quota_bytes)
     p.add_argument("--quota-files", type=int, default=d.quota_files)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -916,11 +994,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json")
     p.add_argument("--md")
     a = p.parse_args(argv)
-    st = Settings(a.duration, a.clients, a.aio_share, a.floods, a.slow_readers, a.half_senders,
-                  a.crash_at, a.quota_bytes, a.quota_files, a.seed)  # fmt: skip
+    st = Settings(
+        a.duration,
+        a.clients,
+        a.aio_share,
+        a.floods,
+        a.slow_readers,
+        a.half_senders,
+        a.crash_at,
+        a.quota_bytes,
+        a.quota_files,
+        a.seed,
+    )
     with contextlib.ExitStack() as stack:
-        wd = Path(a.workdir) if a.workdir else Path(stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="p9soak-")))  # fmt: skip
+        wd = (
+            Path(a.workdir)
+            if a.workdir
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="p9soak-")))
+        )
         if a.workdir and wd.exists():
             shutil.rmtree(wd)
         wd.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,9 @@ def test_unmutated_sessions_are_valid_9p(dialect: Dialect) -> None:
     message it was built from (so the fuzzer starts from valid sessions)."""
     types: set[str] = set()
     for seed in range(30):
-        gen = SessionGen(random.Random(seed), dialect, "pass", Options(mutate_rate=0.0, fatal_rate=0.0))
+        gen = SessionGen(
+            random.Random(seed), dialect, "pass", Options(mutate_rate=0.0, fatal_rate=0.0)
+        )
         while (fr := gen.next_frame()) is not None:
             tag, msg = m.decode_message(fr.data, dialect)
             assert tag == fr.tag and fr.msg is not None and not fr.fatal
@@ -41,20 +43,41 @@ def test_unmutated_sessions_are_valid_9p(dialect: Dialect) -> None:
     common = {"Tversion", "Tattach", "Twalk", "Tread", "Twrite", "Tclunk", "Tremove"}
     assert common <= types
     if dialect.is_dotl:
-        assert {"Tlcreate", "Tlopen", "Txattrcreate", "Txattrwalk", "Tlock", "Trenameat", "Tmknod"} <= types
+        assert {
+            "Tlcreate",
+            "Tlopen",
+            "Txattrcreate",
+            "Txattrwalk",
+            "Tlock",
+            "Trenameat",
+            "Tmknod",
+        } <= types
     else:
         assert {"Tcreate", "Topen", "Tstat", "Twstat"} <= types
 
 
 def test_mutations_cover_values_framing_and_types() -> None:
     seen: list[Frame] = []
-    gen = SessionGen(random.Random(7), Dialect.P9P2000L, "pass", Options(mutate_rate=1.0, fatal_rate=1.0, ops_min=400, ops_max=400))
+    gen = SessionGen(
+        random.Random(7),
+        Dialect.P9P2000L,
+        "pass",
+        Options(mutate_rate=1.0, fatal_rate=1.0, ops_min=400, ops_max=400),
+    )
     gen.fids[0] = FidState(True)
     gen._version_sent = gen._started = True
     while (fr := gen.next_frame()) is not None:
         seen.append(fr)
     muts = " ".join(f.mutation for f in seen)
-    for word in ("=0x80000000", "=0xffffffff", "type=", "truncated", "trailing junk", "lies", "=bad"):
+    for word in (
+        "=0x80000000",
+        "=0xffffffff",
+        "type=",
+        "truncated",
+        "trailing junk",
+        "lies",
+        "=bad",
+    ):
         assert word in muts, word
     assert seen[-1].fatal  # the session ended with a broken frame
 
@@ -88,7 +111,7 @@ def test_tracebacks_are_grouped_by_where_they_were_raised() -> None:
         "OverflowError: signed integer is greater than maximum\n"
         "2026-12-04 17:11:51 p9share.server WARNING y: refused\n"
     )
-    (sig, text), = parse_tracebacks(log)
+    ((sig, text),) = parse_tracebacks(log)
     assert sig == "OverflowError at p9share/server/session.py:677 in mknod"
     assert "makedev" in text
     assert parse_tracebacks("2026 p9share.server WARNING closing: size field 0\n") == []
@@ -123,7 +146,7 @@ def test_short_fuzz_run_against_a_live_server(tmp_path: Path) -> None:
     assert set(rep["by_dialect"]) == {d.value for d in Dialect}
     assert {IDMAP_OF[e] for e in rep["by_export"]} == {"passthrough", "squash", "range", "mapped"}
     assert set(rep["by_export"]) == set(EXPORTS)
-    assert rep["mutated"] > 500 and rep["fatal_frames"] > 0
+    assert rep["mutated"] > 500 and rep["fatal_frames"] > 0 and rep["bursts"] > 0
     assert rep["findings"] == []
     assert rep["internal_errors"] == rep["hangs"] == rep["crashes"] == 0
     assert rep["bad_replies"] == rep["unexpected_closes"] == 0

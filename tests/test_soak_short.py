@@ -24,8 +24,17 @@ def _soak() -> ModuleType:
 @pytest.mark.timeout(240)
 def test_short_soak_with_a_kill_loses_no_acknowledged_write(tmp_path: Path) -> None:
     soak = _soak()
-    st = soak.Settings(duration=24, clients=6, floods=1, slow_readers=1, half_senders=1,
-                       crash_at=0.5, quota_bytes=6 << 20, quota_files=2000, seed=3)  # fmt: skip
+    st = soak.Settings(
+        duration=24,
+        clients=6,
+        floods=1,
+        slow_readers=1,
+        half_senders=1,
+        crash_at=0.5,
+        quota_bytes=6 << 20,
+        quota_files=2000,
+        seed=3,
+    )
     r = soak.run(st, tmp_path)
     print(soak.summary_line(r))
     assert r["ops"].get("raw", 0) > 0 and r["ops"].get("aio", 0) > 0

@@ -32,44 +32,127 @@ U8_EDGES = (0, 1, 0x7F, 0x80, 0xFF)
 U16_EDGES = (0, 1, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF)
 U32_EDGES = (0, 1, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFE, 0xFFFF_FFFF)
 U64_EDGES = (
-    0, 1, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF, 0x1_0000_0000,
-    0x7FFF_FFFF_FFFF_FFFF, 0x8000_0000_0000_0000, 0xFFFF_FFFF_FFFF_FFFE, 0xFFFF_FFFF_FFFF_FFFF,
-)  # fmt: skip
+    0,
+    1,
+    0x7FFF_FFFF,
+    0x8000_0000,
+    0xFFFF_FFFF,
+    0x1_0000_0000,
+    0x7FFF_FFFF_FFFF_FFFF,
+    0x8000_0000_0000_0000,
+    0xFFFF_FFFF_FFFF_FFFE,
+    0xFFFF_FFFF_FFFF_FFFF,
+)
 EDGES = {"u8": U8_EDGES, "u16": U16_EDGES, "u32": U32_EDGES, "u64": U64_EDGES}
 WIDTH = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "n_uname": "I", "errno": "I"}
 
 BAD_NAMES: tuple[str | bytes, ...] = (
-    "", ".", "..", "/", "a/b", "../..", "x" * 255, "x" * 256, "y" * 4096, "é" * 200,
-    b"nul\x00name", b"\xff\xfe", b"\xc0\xaf", b"\xed\xa0\x80", "\u202e", "\n", " ",
-    "user.p9share.uid", "user.virtfs.mode", "...", "./x", "x/", "/etc/passwd",
-)  # fmt: skip
+    "",
+    ".",
+    "..",
+    "/",
+    "a/b",
+    "../..",
+    "x" * 255,
+    "x" * 256,
+    "y" * 4096,
+    "é" * 200,
+    b"nul\x00name",
+    b"\xff\xfe",
+    b"\xc0\xaf",
+    b"\xed\xa0\x80",
+    "\u202e",
+    "\n",
+    " ",
+    "user.p9share.uid",
+    "user.virtfs.mode",
+    "...",
+    "./x",
+    "x/",
+    "/etc/passwd",
+)
 XATTR_NAMES = (
-    "user.fuzz", "user.a", "user.p9share.uid", "user.p9share.mode", "user.virtfs.rdev",
-    "security.capability", "security.selinux", "trusted.x", "system.posix_acl_access",
-    "system.posix_acl_default", "system.x", "user.", "user", "", "os2.x",
-)  # fmt: skip
+    "user.fuzz",
+    "user.a",
+    "user.p9share.uid",
+    "user.p9share.mode",
+    "user.virtfs.rdev",
+    "security.capability",
+    "security.selinux",
+    "trusted.x",
+    "system.posix_acl_access",
+    "system.posix_acl_default",
+    "system.x",
+    "user.",
+    "user",
+    "",
+    "os2.x",
+)
 MODES = (
-    0o644, 0o755, 0o600, 0o4755, 0o2755, 0o6777, 0o1777, 0o7777, 0, 0o777,
-    stat_mod.S_IFREG | 0o644, stat_mod.S_IFIFO | 0o644, stat_mod.S_IFSOCK | 0o644,
-    stat_mod.S_IFCHR | 0o600, stat_mod.S_IFBLK | 0o600, stat_mod.S_IFDIR | 0o755,
-    stat_mod.S_IFLNK | 0o777, 0o170000 | 0o644,
-)  # fmt: skip
+    0o644,
+    0o755,
+    0o600,
+    0o4755,
+    0o2755,
+    0o6777,
+    0o1777,
+    0o7777,
+    0,
+    0o777,
+    stat_mod.S_IFREG | 0o644,
+    stat_mod.S_IFIFO | 0o644,
+    stat_mod.S_IFSOCK | 0o644,
+    stat_mod.S_IFCHR | 0o600,
+    stat_mod.S_IFBLK | 0o600,
+    stat_mod.S_IFDIR | 0o755,
+    stat_mod.S_IFLNK | 0o777,
+    0o170000 | 0o644,
+)
 L_FLAGS = (
-    c.L_O_RDONLY, c.L_O_WRONLY, c.L_O_RDWR, c.L_O_NOACCESS, c.L_O_RDWR | c.L_O_TRUNC,
-    c.L_O_WRONLY | c.L_O_APPEND, c.L_O_RDONLY | c.L_O_DIRECTORY, c.L_O_RDWR | c.L_O_NOFOLLOW,
-    c.L_O_RDWR | c.L_O_CREAT | c.L_O_EXCL, c.L_O_RDWR | c.L_O_SYNC | c.L_O_DIRECT,
-    c.L_O_RDONLY | c.L_O_NOATIME | c.L_O_LARGEFILE | c.L_O_CLOEXEC, 0xFFFFFFFF,
-)  # fmt: skip
+    c.L_O_RDONLY,
+    c.L_O_WRONLY,
+    c.L_O_RDWR,
+    c.L_O_NOACCESS,
+    c.L_O_RDWR | c.L_O_TRUNC,
+    c.L_O_WRONLY | c.L_O_APPEND,
+    c.L_O_RDONLY | c.L_O_DIRECTORY,
+    c.L_O_RDWR | c.L_O_NOFOLLOW,
+    c.L_O_RDWR | c.L_O_CREAT | c.L_O_EXCL,
+    c.L_O_RDWR | c.L_O_SYNC | c.L_O_DIRECT,
+    c.L_O_RDONLY | c.L_O_NOATIME | c.L_O_LARGEFILE | c.L_O_CLOEXEC,
+    0xFFFFFFFF,
+)
 OMODES = (
-    c.OREAD, c.OWRITE, c.ORDWR, c.OEXEC, c.ORDWR | c.OTRUNC, c.OREAD | c.ORCLOSE,
-    c.OWRITE | c.OAPPEND, c.ORDWR | c.OEXCL, 0xFF,
-)  # fmt: skip
+    c.OREAD,
+    c.OWRITE,
+    c.ORDWR,
+    c.OEXEC,
+    c.ORDWR | c.OTRUNC,
+    c.OREAD | c.ORCLOSE,
+    c.OWRITE | c.OAPPEND,
+    c.ORDWR | c.OEXCL,
+    0xFF,
+)
 PERMS = (
-    0o644, 0o755, c.DMDIR | 0o755, c.DMSYMLINK | 0o777, c.DMLINK, c.DMDEVICE | 0o600,
-    c.DMNAMEDPIPE | 0o644, c.DMSOCKET | 0o644, c.DMSETUID | 0o755, c.DMSETGID | 0o755,
-    c.DMAPPEND | 0o644, c.DMEXCL | 0o644, c.DMTMP | 0o644, c.DMAUTH, c.DMMOUNT, 0xFFFFFFFF,
-)  # fmt: skip
+    0o644,
+    0o755,
+    c.DMDIR | 0o755,
+    c.DMSYMLINK | 0o777,
+    c.DMLINK,
+    c.DMDEVICE | 0o600,
+    c.DMNAMEDPIPE | 0o644,
+    c.DMSOCKET | 0o644,
+    c.DMSETUID | 0o755,
+    c.DMSETGID | 0o755,
+    c.DMAPPEND | 0o644,
+    c.DMEXCL | 0o644,
+    c.DMTMP | 0o644,
+    c.DMAUTH,
+    c.DMMOUNT,
+    0xFFFFFFFF,
+)
 FIDS_SPECIAL = (NOFID, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 12345)
+PROBE_TAG = 0xFFFD  # the harness's own request after a burst
 MSIZES = (8192, 8192 + 24, 65536 + 24, 131072 + 24, 1048576 + 24)
 
 
@@ -90,9 +173,17 @@ def raw_string(v: str | bytes) -> bytes:
 def raw_stat(st: m.Stat, dialect: Dialect) -> bytes:
     """A stat with its own size[2], with any strings (see encode_raw)."""
     head = struct.pack(
-        "<HIBIQIIIQ", st.type, st.dev, st.qid.type, st.qid.version, st.qid.path,
-        st.mode, st.atime, st.mtime, st.length,
-    )  # fmt: skip
+        "<HIBIQIIIQ",
+        st.type,
+        st.dev,
+        st.qid.type,
+        st.qid.version,
+        st.qid.path,
+        st.mode,
+        st.atime,
+        st.mtime,
+        st.length,
+    )
     body = head + b"".join(raw_string(s) for s in (st.name, st.uid, st.gid, st.muid))
     if dialect.is_dotu:
         body += raw_string(st.extension) + struct.pack("<III", st.n_uid, st.n_gid, st.n_muid)
@@ -172,6 +263,7 @@ class FidState:
 class Options:
     mutate_rate: float = 0.3  # fraction of operations mutated
     fatal_rate: float = 0.05  # fraction of sessions ended by a framing mutation
+    burst_rate: float = 0.15  # fraction of sessions ended by a pipelined burst
     ops_min: int = 8
     ops_max: int = 120
     skip_known: bool = False  # never send known_bug() messages
@@ -227,7 +319,7 @@ class SessionGen:
         return self._frame(msg, mutate=self.rng.random() < self.opts.mutate_rate)
 
     def _next_tag(self) -> int:
-        self._tag = (self._tag + 1) % 0xFFFE
+        self._tag = (self._tag + 1) % PROBE_TAG  # PROBE_TAG and NOTAG stay free
         return self._tag
 
     def _frame(self, msg: m.Message, tag: int | None = None, mutate: bool = False) -> Frame:
@@ -247,6 +339,29 @@ class SessionGen:
             mutate = True
         msg = m.Tflush(0)  # every draw was a known bug: send something harmless
         return Frame(frame_of(msg.TYPE, tag, encode_body(msg, self.dialect)), tag, msg)
+
+    def burst(self) -> list[Frame]:
+        """Requests sent back to back without waiting: some share a tag with
+        one still in flight, some flush one. Never a fatal frame."""
+        r = self.rng
+        out: list[Frame] = []
+        for _ in range(r.randint(3, 24)):
+            for msg in self._operation():
+                fr = self._frame(msg, mutate=r.random() < self.opts.mutate_rate)
+                if fr.fatal:
+                    continue
+                if out and r.random() < 0.15:  # a tag already in flight
+                    fr.tag = r.choice(out).tag
+                    fr.data = fr.data[:5] + struct.pack("<H", fr.tag) + fr.data[7:]
+                    fr.mutation = (fr.mutation + " " if fr.mutation else "") + "duplicate tag"
+                out.append(fr)
+                if out and r.random() < 0.1:
+                    fl = m.Tflush(r.choice(out).tag)
+                    tag = self._next_tag()
+                    out.append(
+                        Frame(frame_of(fl.TYPE, tag, encode_body(fl, self.dialect)), tag, fl)
+                    )
+        return out
 
     # --------------------------------------------------------- mutations --
     def _mutated(self, orig: m.Message, tag: int) -> Frame:
@@ -317,7 +432,11 @@ class SessionGen:
         if k == 0:
             size, tail, what = r.choice((0, 1, 6)), good[4:], "size below the header"
         elif k == 1:
-            size, tail, what = r.choice((0xFFFFFFFF, 0x80000000, 16 << 20)), good[4:], "size > msize"
+            size, tail, what = (
+                r.choice((0xFFFFFFFF, 0x80000000, 16 << 20)),
+                good[4:],
+                "size > msize",
+            )
         elif k == 2:
             size, tail, what = len(good) + r.choice((1, 100, 4000)), good[4:], "size past the end"
         elif k == 3:
@@ -329,8 +448,9 @@ class SessionGen:
     # -------------------------------------------------------- operations --
     def _attach(self, fid: int) -> m.Message:
         r = self.rng
-        return m.Tattach(fid, NOFID, r.choice(self.opts.uname), self.export,
-                         r.choice(self.opts.n_uname))  # fmt: skip
+        return m.Tattach(
+            fid, NOFID, r.choice(self.opts.uname), self.export, r.choice(self.opts.n_uname)
+        )
 
     def _new_fid(self) -> int:
         used = set(self.fids)
@@ -354,8 +474,7 @@ class SessionGen:
 
     def _operation(self) -> list[m.Message]:
         table = self._dotl_ops() if self.dialect.is_dotl else self._classic_ops()
-        ops, weights = zip(*table, strict=True)
-        op = self.rng.choices(ops, weights)[0]
+        op = self.rng.choices([f for f, _ in table], [w for _, w in table])[0]
         return op()
 
     def _walk(self) -> list[m.Message]:
@@ -402,25 +521,70 @@ class SessionGen:
         r = self.rng
         return [
             (self._walk, 12),
-            (lambda: [m.Tread(self._opened(), self._offset(), r.choice((0, 1, 100, 8192, 1 << 20, 0xFFFFFFFF)))], 6),
+            (
+                lambda: [
+                    m.Tread(
+                        self._opened(),
+                        self._offset(),
+                        r.choice((0, 1, 100, 8192, 1 << 20, 0xFFFFFFFF)),
+                    )
+                ],
+                6,
+            ),
             (lambda: [m.Twrite(self._opened(), self._offset(), self._data())], 6),
             (self._clunk, 6),
             (lambda: [*self._walk_to()[1], m.Tremove(self._new_fid())], 2),
             (lambda: [m.Tremove(self._any_fid())], 1),
             (lambda: [m.Tflush(r.randrange(0x10000))], 1),
-            (lambda: [m.Tattach(self._new_fid(), NOFID, "root", r.choice((self.export, "", "nope", "/" + self.export)), 0)], 1),
+            (
+                lambda: [
+                    m.Tattach(
+                        self._new_fid(),
+                        NOFID,
+                        "root",
+                        r.choice((self.export, "", "nope", "/" + self.export)),
+                        0,
+                    )
+                ],
+                1,
+            ),
             (lambda: [m.Tauth(self._new_fid(), "root", self.export, 0)], 1),
-            (lambda: [m.Tversion(r.choice((*MSIZES, 0, 4095, 0xFFFFFFFF)),
-                                 r.choice((self.dialect.value, "9P2000", "9P2000.L", "9P2000.u",
-                                           "9P2000.x", "unknown", "")))], 1),  # fmt: skip
-        ]  # fmt: skip
+            (
+                lambda: [
+                    m.Tversion(
+                        r.choice((*MSIZES, 0, 4095, 0xFFFFFFFF)),
+                        r.choice(
+                            (
+                                self.dialect.value,
+                                "9P2000",
+                                "9P2000.L",
+                                "9P2000.u",
+                                "9P2000.x",
+                                "unknown",
+                                "",
+                            )
+                        ),
+                    )
+                ],
+                1,
+            ),
+        ]
 
     def _dotl_ops(self) -> list[tuple[Callable[[], list[m.Message]], int]]:
         r = self.rng
 
         def lcreate() -> list[m.Message]:
             nf, pre = self._clone_root()
-            return [*pre, m.Tlcreate(nf, self._name(), r.choice(L_FLAGS), r.choice(MODES), r.choice((0, 1000, NONUNAME)))]
+            return [
+                *pre,
+                m.Tlcreate(
+                    nf,
+                    self._name(),
+                    r.choice(L_FLAGS),
+                    r.choice(MODES),
+                    r.choice((0, 1000, NONUNAME)),
+                ),
+            ]
 
         def lopen() -> list[m.Message]:
             nf, pre = self._walk_to() if r.random() < 0.7 else self._clone_root()
@@ -430,48 +594,141 @@ class SessionGen:
             nf, pre = self._walk_to()
             size = r.choice((0, 5, 100, 65536, 65537, 1 << 32))
             data = b"v" * min(size, 200)
-            return [*pre, m.Txattrcreate(nf, r.choice(XATTR_NAMES), size, r.choice((0, 1, 2, 3))),
-                    m.Twrite(nf, 0, data), m.Tclunk(nf)]  # fmt: skip
+            return [
+                *pre,
+                m.Txattrcreate(nf, r.choice(XATTR_NAMES), size, r.choice((0, 1, 2, 3))),
+                m.Twrite(nf, 0, data),
+                m.Tclunk(nf),
+            ]
 
         def xattrread() -> list[m.Message]:
             nf = self._new_fid()
-            return [m.Txattrwalk(self._any_fid(), nf, r.choice((*XATTR_NAMES, ""))),
-                    m.Tread(nf, 0, r.choice((0, 10, 65536))), m.Tclunk(nf)]  # fmt: skip
+            return [
+                m.Txattrwalk(self._any_fid(), nf, r.choice((*XATTR_NAMES, ""))),
+                m.Tread(nf, 0, r.choice((0, 10, 65536))),
+                m.Tclunk(nf),
+            ]
 
         def setattr_() -> list[m.Message]:
-            valid = r.choice((1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80 | 0x10, 0x100 | 0x20, 0x1FF, r.randrange(1 << 9)))
-            return [m.Tsetattr(self._any_fid(), valid, r.choice(MODES), r.choice((0, 1000, NONUNAME)),
-                               r.choice((0, 1000, NONUNAME)), r.choice((0, 1, 4096, 1 << 30)),
-                               r.choice((0, 1 << 31, 2000000000)), r.choice((0, 999999999, 1 << 30)),
-                               r.choice((0, 1 << 31, 2000000000)), r.choice((0, 999999999)))]  # fmt: skip
+            valid = r.choice(
+                (
+                    1,
+                    2,
+                    4,
+                    8,
+                    0x10,
+                    0x20,
+                    0x40,
+                    0x80 | 0x10,
+                    0x100 | 0x20,
+                    0x1FF,
+                    r.randrange(1 << 9),
+                )
+            )
+            return [
+                m.Tsetattr(
+                    self._any_fid(),
+                    valid,
+                    r.choice(MODES),
+                    r.choice((0, 1000, NONUNAME)),
+                    r.choice((0, 1000, NONUNAME)),
+                    r.choice((0, 1, 4096, 1 << 30)),
+                    r.choice((0, 1 << 31, 2000000000)),
+                    r.choice((0, 999999999, 1 << 30)),
+                    r.choice((0, 1 << 31, 2000000000)),
+                    r.choice((0, 999999999)),
+                )
+            ]
 
         def lock() -> list[m.Message]:
             f = self._opened()
-            return [m.Tlock(f, r.choice((0, 1, 2)), r.choice((0, 1, 2)), r.choice((0, 10, 1 << 40)),
-                            r.choice((0, 1, 100)), r.choice((1, 42)), r.choice(("fuzz", "", "other"))),
-                    m.Tgetlock(f, r.choice((0, 1, 2)), 0, 0, 1, "fuzz")]  # fmt: skip
+            return [
+                m.Tlock(
+                    f,
+                    r.choice((0, 1, 2)),
+                    r.choice((0, 1, 2)),
+                    r.choice((0, 10, 1 << 40)),
+                    r.choice((0, 1, 100)),
+                    r.choice((1, 42)),
+                    r.choice(("fuzz", "", "other")),
+                ),
+                m.Tgetlock(f, r.choice((0, 1, 2)), 0, 0, 1, "fuzz"),
+            ]
 
         return [
             *self._common_ops(),
             (lcreate, 5),
             (lopen, 6),
-            (lambda: [m.Tgetattr(self._any_fid(), r.choice((c.GetattrMask.ALL, c.GetattrMask.BASIC, 0)))], 6),
+            (
+                lambda: [
+                    m.Tgetattr(
+                        self._any_fid(), r.choice((c.GetattrMask.ALL, c.GetattrMask.BASIC, 0))
+                    )
+                ],
+                6,
+            ),
             (setattr_, 4),
-            (lambda: [m.Tmkdir(self._dir_fid(), self._name(), r.choice(MODES), r.choice((0, NONUNAME)))], 3),
-            (lambda: [m.Tsymlink(self._dir_fid(), self._name(), r.choice(("f0", "/etc/passwd", "../..", "x" * 300)), 0)], 2),
-            (lambda: [m.Tmknod(self._dir_fid(), self._name(), r.choice(MODES), r.choice((0, 1, 8, 255)), r.choice((0, 1, 3)), 0)], 2),
-            (lambda: [m.Treaddir(self._opened(), r.choice((0, 0, 1, 3, 1 << 40)), r.choice((0, 24, 100, 8192, 1 << 20)))], 4),
+            (
+                lambda: [
+                    m.Tmkdir(
+                        self._dir_fid(), self._name(), r.choice(MODES), r.choice((0, NONUNAME))
+                    )
+                ],
+                3,
+            ),
+            (
+                lambda: [
+                    m.Tsymlink(
+                        self._dir_fid(),
+                        self._name(),
+                        r.choice(("f0", "/etc/passwd", "../..", "x" * 300)),
+                        0,
+                    )
+                ],
+                2,
+            ),
+            (
+                lambda: [
+                    m.Tmknod(
+                        self._dir_fid(),
+                        self._name(),
+                        r.choice(MODES),
+                        r.choice((0, 1, 8, 255)),
+                        r.choice((0, 1, 3)),
+                        0,
+                    )
+                ],
+                2,
+            ),
+            (
+                lambda: [
+                    m.Treaddir(
+                        self._opened(),
+                        r.choice((0, 0, 1, 3, 1 << 40)),
+                        r.choice((0, 24, 100, 8192, 1 << 20)),
+                    )
+                ],
+                4,
+            ),
             (lambda: [m.Tfsync(self._opened(), r.choice((0, 1)))], 2),
             (lock, 2),
             (lambda: [m.Tlink(self._dir_fid(), self._any_fid(), self._name())], 2),
             (lambda: [m.Trename(self._any_fid(), self._dir_fid(), self._name())], 2),
-            (lambda: [m.Trenameat(self._dir_fid(), self._name(), self._dir_fid(), self._name())], 3),
-            (lambda: [m.Tunlinkat(self._dir_fid(), self._name(), r.choice((0, 0, c.AT_REMOVEDIR)))], 3),
+            (
+                lambda: [m.Trenameat(self._dir_fid(), self._name(), self._dir_fid(), self._name())],
+                3,
+            ),
+            (
+                lambda: [
+                    m.Tunlinkat(self._dir_fid(), self._name(), r.choice((0, 0, c.AT_REMOVEDIR)))
+                ],
+                3,
+            ),
             (lambda: [m.Treadlink(self._any_fid())], 1),
             (lambda: [m.Tstatfs(self._any_fid())], 1),
             (xattrwrite, 3),
             (xattrread, 3),
-        ]  # fmt: skip
+        ]
 
     def _classic_ops(self) -> list[tuple[Callable[[], list[m.Message]], int]]:
         r = self.rng
@@ -482,8 +739,22 @@ class SessionGen:
             perm = r.choice(PERMS)
             ext = ""
             if dotu:
-                ext = r.choice(("", "f0", "/etc/passwd", "c 1 3", "b 8 0", "p", "c 1", "x y z",
-                                "c -1 0", "c 99999999999 0", str(self._any_fid()), "c 4294967295 0"))  # fmt: skip
+                ext = r.choice(
+                    (
+                        "",
+                        "f0",
+                        "/etc/passwd",
+                        "c 1 3",
+                        "b 8 0",
+                        "p",
+                        "c 1",
+                        "x y z",
+                        "c -1 0",
+                        "c 99999999999 0",
+                        str(self._any_fid()),
+                        "c 4294967295 0",
+                    )
+                )
             return [*pre, m.Tcreate(nf, self._name(), perm, r.choice(OMODES), ext)]
 
         def open_() -> list[m.Message]:
@@ -491,9 +762,23 @@ class SessionGen:
             return [*pre, m.Topen(nf, r.choice(OMODES))]
 
         def wstat() -> list[m.Message]:
-            st = m.Stat(0xFFFF, 0xFFFFFFFF, Qid(0xFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF), 0xFFFFFFFF,
-                        0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF, "", "", "", "", "",
-                        NONUNAME, NONUNAME, NONUNAME)  # fmt: skip
+            st = m.Stat(
+                0xFFFF,
+                0xFFFFFFFF,
+                Qid(0xFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF),
+                0xFFFFFFFF,
+                0xFFFFFFFF,
+                0xFFFFFFFF,
+                0xFFFFFFFFFFFFFFFF,
+                "",
+                "",
+                "",
+                "",
+                "",
+                NONUNAME,
+                NONUNAME,
+                NONUNAME,
+            )
             for _ in range(r.randint(1, 2)):
                 k = r.randrange(7)
                 if k == 0:
@@ -543,7 +828,9 @@ class SessionGen:
         elif isinstance(msg, m.Twalk) and isinstance(reply, m.Rwalk):
             if len(reply.qids) == len(msg.wnames):
                 src = self.fids.get(msg.fid)
-                is_dir = bool(reply.qids[-1].type & 0x80) if reply.qids else bool(src and src.is_dir)
+                is_dir = (
+                    bool(reply.qids[-1].type & 0x80) if reply.qids else bool(src and src.is_dir)
+                )
                 self.fids[msg.newfid] = FidState(is_dir)
         elif isinstance(msg, m.Tlopen | m.Topen):
             if msg.fid in self.fids:
