@@ -151,3 +151,45 @@ def test_short_fuzz_run_against_a_live_server(tmp_path: Path) -> None:
     assert rep["internal_errors"] == rep["hangs"] == rep["crashes"] == 0
     assert rep["bad_replies"] == rep["unexpected_closes"] == 0
     assert rep["canary_checks"] >= 10 and rep["canary_failures"] == 0
+
+
+def _planted(tmp_path: Path, body: str) -> dict[str, str]:
+    """A sitecustomize for the server process that plants a bug in the host
+    backend's statfs (reached only by 9P2000.L Tstatfs)."""
+    d = tmp_path / "plant"
+    d.mkdir()
+    (d / "sitecustomize.py").write_text(
+        "import time\n"
+        "from p9share.backend.hostfs import HostBackend\n"
+        f"def statfs(self, node):\n    {body}\n"
+        "HostBackend.statfs = statfs\n"
+    )
+    return {"PYTHONPATH": str(d)}
+
+
+def test_a_planted_internal_error_is_caught_and_shrunk(tmp_path: Path) -> None:
+    """The detection is live: an exception in a handler is counted, grouped
+    and shrunk to the three messages that raise it."""
+    env = _planted(tmp_path, "raise ValueError('planted')")
+    fz = Fuzzer(tmp_path / "w", seed=4, dialects=(Dialect.P9P2000L,), exports=("pass",),
+                opts=Options(skip_known=True), server_env=env)  # fmt: skip
+    fz.run(max_messages=1500, max_seconds=60)
+    rep = fz.report()
+    assert rep["internal_errors"] > 0 and rep["internal_errors_known"] == 0
+    (f,) = [f for f in rep["findings"] if f["kind"] == "internal-error"]
+    assert f["signature"].startswith("ValueError at p9share/")
+    assert f["reproduced"] is True
+    repro = f["reproducer"]  # shrunk from a whole session: the walks its fid needs
+    assert len(repro) <= 5, repro
+    assert "Tversion" in repro[0] and "Tattach" in repro[1] and "Tstatfs" in repro[-1]
+
+
+def test_a_planted_hang_is_caught_and_others_are_still_served(tmp_path: Path) -> None:
+    env = _planted(tmp_path, "time.sleep(3); raise OSError(5, 'late')")
+    fz = Fuzzer(tmp_path / "w", seed=4, dialects=(Dialect.P9P2000L,), exports=("pass",),
+                opts=Options(skip_known=True), deadline=1.0, server_env=env)  # fmt: skip
+    fz.run(max_messages=2000, max_seconds=90)
+    rep = fz.report()
+    assert rep["hangs"] > 0
+    assert any(f["kind"] == "hang" and "Tstatfs" in f["reproducer"][-1] for f in rep["findings"])
+    assert rep["canary_failures"] == 0 and rep["canary_checks"] > 0

@@ -125,8 +125,9 @@ def _seed_tree(d: Path) -> None:
 class ServerProcess:
     """`p9share serve` on a Unix socket in workdir, its log in workdir/server.log."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        self.env = env or {}  # on top of ours (the tests plant bugs through it)
         self.sock = str(workdir / "p9.sock")
         self.log_path = workdir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -147,6 +148,8 @@ class ServerProcess:
         env = dict(os.environ)
         src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+        for k, v in self.env.items():
+            env[k] = v + os.pathsep + env[k] if k == "PYTHONPATH" else v
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
             [
@@ -421,6 +424,7 @@ class Fuzzer:
         canary_every: int = 500,
         epoch: int = 200_000,
         minimize: bool = True,
+        server_env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.seed = seed
@@ -431,7 +435,7 @@ class Fuzzer:
         self.canary_every = canary_every
         self.epoch = epoch
         self.minimize = minimize
-        self.server = ServerProcess(workdir)
+        self.server = ServerProcess(workdir, server_env)
         self.stats = Stats()
         self.findings: dict[str, Finding] = {}
         self.watch: LogWatch | None = None
