@@ -790,6 +790,75 @@ def summary_line(r: dict[str, Any]) -> str:
     )
 
 
+def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several runs (parallel slices): totals, findings
+    grouped by kind and signature, known bugs recognised by signature."""
+    keys = ("messages", "sessions", "mutated", "fatal_frames", "bursts", "error_replies",
+            "internal_errors", "hangs", "crashes", "bad_replies", "unexpected_closes",
+            "canary_checks", "canary_failures", "server_restarts")  # fmt: skip
+    out: dict[str, Any] = {k: sum(r.get(k, 0) for r in reports) for k in keys}
+    out["seconds_wall"] = max((r["seconds"] for r in reports), default=0)
+    out["messages_per_second"] = round(out["messages"] / out["seconds_wall"], 1) if out[
+        "seconds_wall"] else 0  # fmt: skip
+    for k in ("by_dialect", "by_export", "by_type"):
+        c: Counter[str] = Counter()
+        for r in reports:
+            c.update(r.get(k, {}))
+        out[k] = dict(c.most_common())
+    out["exports"] = {e: IDMAP_OF[e] for e in out["by_export"]}
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in reports:
+        for f in r["findings"]:
+            known = f["known"] or (
+                known_signature(f["signature"]) if f["kind"] == "internal-error" else ""
+            )
+            g = groups.setdefault((f["kind"], f["signature"]), {**f, "count": 0, "known": known})
+            g["count"] += f["count"]
+            if f.get("reproduced") and len(f["reproducer"]) < len(g["reproducer"]):
+                for k in ("reproducer", "detail", "dialect", "export", "reproduced"):
+                    g[k] = f[k]
+    out["findings"] = list(groups.values())
+    out["internal_errors_known"] = sum(
+        g["count"] for g in groups.values() if g["kind"] == "internal-error" and g["known"]
+    )
+    out["slices"] = [
+        {k: r.get(k) for k in ("seed", "messages", "seconds", "messages_per_second",
+                               "internal_errors", "hangs", "canary_checks", "canary_failures")}
+        for r in reports
+    ]  # fmt: skip
+    return out
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = [
+        "# Fuzzing p9share over 9P", "",
+        "`python -m p9share.fuzz` (src/p9share/fuzz): sessions generated from the codec, "
+        "mutated, against a live `p9share serve` over a Unix socket.", "",
+        summary_line({**r, "seconds": r["seconds_wall"]}), "",
+        "| dialect | messages |", "|---|---|",
+        *[f"| {d} | {n} |" for d, n in r["by_dialect"].items()], "",
+        "| export | id map | messages |", "|---|---|---|",
+        *[f"| {e} | {IDMAP_OF[e]} | {n} |" for e, n in r["by_export"].items()], "",
+        "| slice seed | messages | seconds | per second | internal errors | hangs | canary checks (failed) |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {s['seed']} | {s['messages']} | {s['seconds']} | {s['messages_per_second']} | "
+          f"{s['internal_errors']} | {s['hangs']} | {s['canary_checks']} ({s['canary_failures']}) |"
+          for s in r["slices"]], "",
+        "## Findings", "",
+    ]  # fmt: skip
+    if not r["findings"]:
+        lines.append("None.")
+    for f in r["findings"]:
+        lines += [
+            f"### {f['kind']}: {f['signature']} (x{f['count']})"
+            + (f" - known: {f['known']}" if f["known"] else ""), "",
+            f"Dialect {f['dialect']}, export {f['export']}; reproduced on a fresh connection: "
+            f"{f['reproduced']}. Reproducer (frames sent one by one, each answered before the next):",
+            "", "```", *f["reproducer"], "```", "",
+        ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m p9share.fuzz", description=__doc__.split("\n")[0])
     p.add_argument("--messages", type=int, default=100_000)
@@ -806,7 +875,17 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", help="where the exports and the server log go (default: a temp dir)"
     )
     p.add_argument("--json", help="write the report here")
+    p.add_argument("--merge", nargs="+", metavar="REPORT", help="merge these reports and stop")
+    p.add_argument("--md", help="with --merge: write a Markdown summary here")
     a = p.parse_args(argv)
+    if a.merge:
+        merged = merge([json.loads(Path(f).read_text()) for f in a.merge])
+        if a.json:
+            Path(a.json).write_text(json.dumps(merged, indent=1) + "\n")
+        if a.md:
+            Path(a.md).write_text(markdown(merged))
+        print(summary_line({**merged, "seconds": merged["seconds_wall"]}))
+        return 0
     dialects = tuple(Dialect(d) for d in a.dialect) if a.dialect else tuple(Dialect)
     exports = tuple(a.export) if a.export else EXPORTS
     opts = Options(mutate_rate=a.mutate_rate, skip_known=a.skip_known)
