@@ -212,6 +212,8 @@ class Shared:
                 self.ops_after_crash[who] += 1
 
     def failed(self, cls: str, e: BaseException) -> None:
+        if self.stop.is_set():
+            return  # the run is over: its end breaks the connections, not the server
         with self.lock:
             if isinstance(e, OSError) and e.errno == errno.EDQUOT:
                 self.expected[f"{cls} EDQUOT"] += 1
