@@ -82,6 +82,17 @@ def test_mutations_cover_values_framing_and_types() -> None:
     assert seen[-1].fatal  # the session ended with a broken frame
 
 
+def test_an_msize_changed_by_a_mangled_frame_is_followed() -> None:
+    """A byte mutation can turn a frame into a Tversion the server accepts:
+    the session must follow the new msize (else it sends frames the server
+    rightly refuses and reports the close as a finding)."""
+    gen = SessionGen(random.Random(1), Dialect.P9P2000L, "pass")
+    gen.fids[0] = FidState(True)
+    raw = Frame(b"\x13\x00\x00\x00\x64\x26\x00" + bytes(12), 38, None, "bytes flipped")
+    gen.on_reply(raw, m.Rversion(5656, "9P2000"))
+    assert gen.msize == 5656 and gen.dialect is Dialect.P9P2000 and not gen.fids
+
+
 def test_known_bug_predicate() -> None:
     assert known_bug(m.Tmknod(0, "n", 0o20600, 1 << 31, 0, 0))
     assert known_bug(m.Tmknod(0, "n", 0o20600, 0, 0xFFFFFFFF, 0))

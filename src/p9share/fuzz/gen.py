@@ -809,17 +809,17 @@ class SessionGen:
     def on_reply(self, fr: Frame, reply: m.Message | None) -> None:
         """Keep the model in step with what the server confirmed."""
         msg = fr.msg
-        if msg is None or reply is None:
-            return
-        if isinstance(msg, m.Tclunk | m.Tremove):
-            self.fids.pop(msg.fid, None)  # a clunk or remove frees the fid either way
-            return
-        if isinstance(reply, m.Rversion):
+        if isinstance(reply, m.Rversion):  # even to a mangled frame that became a Tversion
             self.fids.clear()
             self.msize = max(7, reply.msize)
             if reply.version in (d.value for d in Dialect):
                 self.dialect = Dialect(reply.version)
             self._started = False
+            return
+        if msg is None or reply is None:
+            return
+        if isinstance(msg, m.Tclunk | m.Tremove):
+            self.fids.pop(msg.fid, None)  # a clunk or remove frees the fid either way
             return
         if isinstance(reply, m.Rlerror | m.Rerror):
             return
