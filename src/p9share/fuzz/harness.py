@@ -861,7 +861,9 @@ def markdown(r: dict[str, Any]) -> str:
             + (f" - known: {f['known']}" if f["known"] else ""), "",
             f"Dialect {f['dialect']}, export {f['export']}; reproduced on a fresh connection: "
             f"{f['reproduced']}. Reproducer (frames sent one by one, each answered before the next):",
-            "", "```", *f["reproducer"], "```", "",
+            "", "```",
+            *(["(first frames left out; the JSON has them all)"] if len(f["reproducer"]) > 15 else []),
+            *[line[:240] for line in f["reproducer"][-15:]], "```", "",
         ]  # fmt: skip
     return "\n".join(lines) + "\n"
 
