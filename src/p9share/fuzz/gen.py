@@ -426,7 +426,7 @@ class SessionGen:
     def _fatal(self) -> Frame:
         """A frame whose size field cannot be trusted: the session ends."""
         r = self.rng
-        msg = m.Tgetattr(0, c.GetattrMask.ALL) if self.dialect.is_dotl else m.Tstat(0)
+        msg = m.Tgetattr(0, c.GetattrMask.ALL) if self.dialect is c.Dialect.P9P2000L else m.Tstat(0)
         good = frame_of(msg.TYPE, 1, encode_body(msg, self.dialect))
         k = r.randrange(5)
         if k == 0:
@@ -473,7 +473,7 @@ class SessionGen:
         return r.choice(("f", "d", "s", "n", "l")) + str(r.randrange(40))
 
     def _operation(self) -> list[m.Message]:
-        table = self._dotl_ops() if self.dialect.is_dotl else self._classic_ops()
+        table = self._dotl_ops() if self.dialect is c.Dialect.P9P2000L else self._classic_ops()
         op = self.rng.choices([f for f, _ in table], [w for _, w in table])[0]
         return op()
 

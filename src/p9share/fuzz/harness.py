@@ -108,7 +108,7 @@ header_timeout = 30
 
 [clients.fuzz]
 match = {{ listener = "fuzz" }}
-allow = {{ fifos = true, sockets = true, symlinks = true, hardlinks = true, xattrs = ["user", "security", "trusted", "system"] }}
+allow = {{ fifos = true, sockets = true, symlinks = true, hardlinks = true, xattrs = ["user", "system"] }}
 exports = {{ pass = "rw", squash = "rw", range = "rw", ro = "ro", rogrant = "ro", mapped = {{ access = "rw", devices = true, setid = true }}, mappedv = {{ access = "rw", devices = true, setid = true }} }}
 """
 
