@@ -127,7 +127,8 @@ def test_an_internal_error_fails_its_test(tmp_path: Path) -> None:
         "test_internal_error_in_process",
         "test_internal_error_in_a_subprocess_server",
     }
-    assert out.count("Failed: a server logged an internal error during this test") == 2, out
+    # each error block says it (the short summary may repeat it, as wide as the terminal)
+    assert out.count("Failed: a server logged an internal error during this test") >= 2, out
     assert "p9share.server: tcp:" in out and "internal error handling Tstatfs" in out
     assert re.search(r"server\.log: .* p9share\.server ERROR .*internal error handling", out), out
 
