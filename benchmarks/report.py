@@ -137,7 +137,9 @@ def guest_markdown(doc: dict) -> str:
         + " guest under QEMU TCG "
         f"({m.get('qemu', '?')}), host {m.get('cpu_model', '?')} x{m.get('cpus', '?')}, "
         f"kernel {m.get('kernel', '?')}, Python {m.get('python', '?')}, diod {m.get('diod', '?')}. "
-        f"Load average before/after: {_load(doc.get('load_before'))} / {_load(doc.get('load_after'))}.",
+        f"Load average before/after: {_load(doc.get('load_before'))} / {_load(doc.get('load_after'))}"
+        + _run_loads(doc)
+        + ".",
         "",
         f"Sizes: sequential {sz['seq_mib']} MiB, {sz['files']} files, a tree of "
         f"{doc.get('tree', {}).get('files', sz['tree_files'])} files "
@@ -183,6 +185,16 @@ def guest_markdown(doc: dict) -> str:
     if fails:
         lines += ["", "Failures:", *[f"- {f}" for f in fails]]
     return "\n".join(lines) + "\n"
+
+
+def _run_loads(doc: dict) -> str:
+    """The 1-minute load at the start of each guest run, lowest to highest."""
+    loads = [r["load_before"][0] for r in doc["runs"] if r.get("load_before")]
+    return (
+        f"; 1-minute load at the start of each run {min(loads):.2f}-{max(loads):.2f}"
+        if loads
+        else ""
+    )
 
 
 def _load(x: object) -> str:

@@ -332,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(rounds):
             for spec in specs:
                 t0 = time.monotonic()
+                load = os.getloadavg()  # the machine is shared: the load of every run
                 run = run_one(spec, sizes, tree, tree_bytes, a.timeout) | {"round": r}
+                run["load_before"] = load
                 runs.append(run)
                 if run.get("skipped"):
                     print(f"round {r + 1}/{rounds} {spec.name}: skipped: {run['skipped']}",

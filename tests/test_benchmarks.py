@@ -346,3 +346,11 @@ def test_guest_benchmark_quick_run(tmp_path: Path) -> None:
         assert "vhost-user" in p9vu["skipped"] or "--cache" in p9vu["skipped"], p9vu
     else:
         assert not p9vu["failures"] and p9vu["server_cpu_seconds"] > 0, p9vu
+
+
+def test_guest_table_reports_the_load_of_each_run() -> None:
+    doc = _guest_doc()
+    assert "at the start of each run" not in report.guest_markdown(doc)  # older results
+    for i, r in enumerate(doc["runs"]):
+        r["load_before"] = [1.5 + i, 1.0, 1.0]
+    assert "1-minute load at the start of each run 1.50-6.50." in report.guest_markdown(doc)
