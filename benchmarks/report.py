@@ -76,7 +76,8 @@ def _fmt(x: float | None) -> str:
 
 
 def guest_stats(doc: dict) -> tuple[list[str], list[str], dict, dict]:
-    """(workloads, servers, {(w, s): (median rate, best rate, unit, msizes)}, cpu)."""
+    """(workloads, servers, {(w, s): (median rate, best rate, unit, msizes, rounds,
+    worst rate)}, {server: [CPU seconds per run]})."""
     samples: dict[tuple[str, str], list[dict]] = {}
     servers: list[str] = []
     workloads: list[str] = []
@@ -103,9 +104,24 @@ def guest_stats(doc: dict) -> tuple[list[str], list[str], dict, dict]:
         scale = MIB if unit == "bytes" else 1
         med = amount / scale / statistics.median(times)
         best = amount / scale / min(times)
+        worst = amount / scale / max(times)
         msizes = sorted({x["msize"] for x in lst if x.get("msize")})
-        stats[key] = (med, best, "MiB/s" if unit == "bytes" else "ops/s", msizes, len(lst))
+        unit_name = "MiB/s" if unit == "bytes" else "ops/s"
+        stats[key] = (med, best, unit_name, msizes, len(lst), worst)
     return workloads, servers, stats, cpu
+
+
+def _cell(med: float, lo: float, hi: float, n: int) -> str:
+    """The median with the range of the rounds (a single run has none)."""
+    return f"{_fmt(med)} [{_fmt(lo)}-{_fmt(hi)}]" if n > 1 else _fmt(med)
+
+
+def _ratio(a: tuple[float, float, float, int], b: tuple[float, float, float, int]) -> str:
+    """a's median over b's, "within noise" when the two ranges of rounds overlap."""
+    text = f"{a[0] / b[0]:.2f}x"
+    if a[3] > 1 and b[3] > 1 and a[1] <= b[2] and b[1] <= a[2]:
+        text += " (within noise)"
+    return text
 
 
 def guest_markdown(doc: dict) -> str:
@@ -115,11 +131,15 @@ def guest_markdown(doc: dict) -> str:
     lines = [
         f"### Guest benchmarks ({doc['started'][:16].replace('T', ' ')})",
         "",
-        f"Median over {doc['rounds']} interleaved rounds (best in parentheses). Higher is "
-        "better. Linux " + str(m.get("guest_kernel", "?")) + " guest under QEMU TCG "
+        f"Median over {doc['rounds']} interleaved rounds, the range of the rounds in "
+        "brackets. Higher is better. Linux "
+        + str(m.get("guest_kernel", "?"))
+        + " guest under QEMU TCG "
         f"({m.get('qemu', '?')}), host {m.get('cpu_model', '?')} x{m.get('cpus', '?')}, "
         f"kernel {m.get('kernel', '?')}, Python {m.get('python', '?')}, diod {m.get('diod', '?')}. "
-        f"Load average before/after: {_load(doc.get('load_before'))} / {_load(doc.get('load_after'))}.",
+        f"Load average before/after: {_load(doc.get('load_before'))} / {_load(doc.get('load_after'))}"
+        + _run_loads(doc)
+        + ".",
         "",
         f"Sizes: sequential {sz['seq_mib']} MiB, {sz['files']} files, a tree of "
         f"{doc.get('tree', {}).get('files', sz['tree_files'])} files "
@@ -127,7 +147,8 @@ def guest_markdown(doc: dict) -> str:
         "diod caps msize at 64 KiB and virtio-9p at 500 KiB: the msize column is what was asked for; "
         "see the JSON for the negotiated one. Over 9P the metadata and tree workloads run with "
         "cache=none; over virtio-fs the cache mode is the server's (its column name). Ratios "
-        "compare medians of servers on the same transport and cache mode.",
+        "compare medians of servers on the same transport and cache mode; where the two ranges "
+        "overlap the ratio is within noise.",
         "",
     ]
     ratios = [(a, b) for a, b in RATIOS if a in servers and b in servers]
@@ -139,19 +160,21 @@ def guest_markdown(doc: dict) -> str:
         row = [title(w)]
         unit = next((stats[(w, s)][2] for s in servers if (w, s) in stats), "")
         row.append(unit)
+        spans = {}
         for s in servers:
             st = stats.get((w, s))
-            row.append(f"{_fmt(st[0])} ({_fmt(st[1])})" if st else "-")
+            if st:
+                spans[s] = (st[0], st[5], st[1], st[4])
+            row.append(_cell(*spans[s]) if st else "-")
         for sa, sb in ratios:
-            a, b = stats.get((w, sa)), stats.get((w, sb))
-            row.append(f"{a[0] / b[0]:.2f}x" if a and b else "-")
+            row.append(_ratio(spans[sa], spans[sb]) if sa in spans and sb in spans else "-")
         lines.append("| " + " | ".join(row) + " |")
     row = ["server CPU seconds per guest run", "s"]
+    cspans = {s: (statistics.median(v), min(v), max(v), len(v)) for s, v in cpu.items() if v}
     for s in servers:
-        row.append(_fmt(statistics.median(cpu[s])) if cpu.get(s) else "(in QEMU)")
+        row.append(_cell(*cspans[s]) if s in cspans else "(in QEMU)")
     for sa, sb in ratios:
-        ca, cb = cpu.get(sa), cpu.get(sb)
-        row.append(f"{statistics.median(ca) / statistics.median(cb):.2f}x" if ca and cb else "-")
+        row.append(_ratio(cspans[sa], cspans[sb]) if sa in cspans and sb in cspans else "-")
     lines.append("| " + " | ".join(row) + " |")
     skipped = {r["server"]: r["skipped"] for r in doc["runs"] if r.get("skipped")}
     if skipped:
@@ -162,6 +185,16 @@ def guest_markdown(doc: dict) -> str:
     if fails:
         lines += ["", "Failures:", *[f"- {f}" for f in fails]]
     return "\n".join(lines) + "\n"
+
+
+def _run_loads(doc: dict) -> str:
+    """The 1-minute load at the start of each guest run, lowest to highest."""
+    loads = [r["load_before"][0] for r in doc["runs"] if r.get("load_before")]
+    return (
+        f"; 1-minute load at the start of each run {min(loads):.2f}-{max(loads):.2f}"
+        if loads
+        else ""
+    )
 
 
 def _load(x: object) -> str:

@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-mib", type=int, help="sequential file size in MiB")
     ap.add_argument("--files", type=int, help="files created/stat'ed/unlinked")
     ap.add_argument("--tree-files", type=int, help="files in the source tree")
+    ap.add_argument("--par-mib", type=int, help="MiB per file of the 2 parallel readers")
     ap.add_argument("--msizes", help="comma-separated msizes to ask for (the last one is "
                     "used for the metadata workloads), e.g. 65536,1048576")  # fmt: skip
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         seq_mib=a.seq_mib or sizes.seq_mib,
         msizes=tuple(int(x, 0) for x in a.msizes.split(",")) if a.msizes else sizes.msizes,
         files=a.files or sizes.files,
-        tree_files=a.tree_files or sizes.tree_files, par_mib=sizes.par_mib, caches=sizes.caches,
+        tree_files=a.tree_files or sizes.tree_files, par_mib=a.par_mib or sizes.par_mib,
+        caches=sizes.caches,
     )  # fmt: skip
     rounds = a.rounds or (1 if a.quick else 3)
     by_name = {s.name: s for s in SERVERS}
@@ -330,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(rounds):
             for spec in specs:
                 t0 = time.monotonic()
+                load = os.getloadavg()  # the machine is shared: the load of every run
                 run = run_one(spec, sizes, tree, tree_bytes, a.timeout) | {"round": r}
+                run["load_before"] = load
                 runs.append(run)
                 if run.get("skipped"):
                     print(f"round {r + 1}/{rounds} {spec.name}: skipped: {run['skipped']}",

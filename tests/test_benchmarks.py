@@ -165,15 +165,33 @@ def _guest_doc() -> dict:
     }  # fmt: skip
 
 
-def test_guest_table_median_best_and_ratio() -> None:
+def test_guest_table_median_range_and_ratio() -> None:
     md = report.guest_markdown(_guest_doc())
     row = next(line for line in md.splitlines() if line.startswith("| sequential read"))
-    # p9share: median time 2 s -> 4 MiB/s, best 1 s -> 8; diod half of that
+    # p9share: times 1, 2, 4 s -> 8, 4, 2 MiB/s; diod half of that: the ranges overlap
     assert row == (
-        "| sequential read, cache=none, msize 512K | MiB/s | 4.00 (8.00) | 2.00 (4.00) | 2.00x |"
+        "| sequential read, cache=none, msize 512K | MiB/s | 4.00 [2.00-8.00] | "
+        "2.00 [1.00-4.00] | 2.00x (within noise) |"
     )
-    assert "| stat files | ops/s | 50.0 (100) | 25.0 (50.0) | 2.00x |" in md
-    assert "| server CPU seconds per guest run | s | 2.00 | 4.00 | 0.50x |" in md
+    assert (
+        "| stat files | ops/s | 50.0 [25.0-100] | 25.0 [12.5-50.0] | 2.00x (within noise) |" in md
+    )
+    assert (
+        "| server CPU seconds per guest run | s | 2.00 [1.00-4.00] | 4.00 [2.00-8.00] | "
+        "0.50x (within noise) |"
+    ) in md
+
+
+def test_guest_table_ratio_outside_noise() -> None:
+    doc = _guest_doc()
+    for r in doc["runs"]:
+        if r["server"] == "diod-tcp":
+            r["server_cpu_seconds"] *= 10
+            for smp in r["samples"]:
+                smp["seconds"] *= 10  # 0.4, 0.2, 0.1 MiB/s: below p9share's every round
+    md = report.guest_markdown(doc)
+    assert "| 4.00 [2.00-8.00] | 0.20 [0.10-0.40] | 20.00x |" in md
+    assert "| s | 2.00 [1.00-4.00] | 40.0 [20.0-80.0] | 0.05x |" in md
 
 
 def test_guest_table_virtiofs_rows_ratios_and_skips() -> None:
@@ -191,9 +209,14 @@ def test_guest_table_virtiofs_rows_ratios_and_skips() -> None:
         "| workload | unit | p9share-virtiofs-auto | virtiofsd-auto | "
         "p9share-virtiofs-auto / virtiofsd-auto |"
     )  # no p9share-tcp/diod-tcp column without those runs; the skipped server has none
-    assert "| stat files | ops/s | 50.0 (100) | 25.0 (50.0) | 2.00x |" in md
+    assert (
+        "| stat files | ops/s | 50.0 [25.0-100] | 25.0 [12.5-50.0] | 2.00x (within noise) |" in md
+    )
     # a microsecond interval is a rate, not a 10 ms floor: 1 MiB / 512 us
-    assert "| sequential write, virtio-fs | MiB/s | 1953 (1953) | 1953 (1953) | 1.00x |" in md
+    assert (
+        "| sequential write, virtio-fs | MiB/s | 1953 [1953-1953] | 1953 [1953-1953] | "
+        "1.00x (within noise) |"
+    ) in md
     assert "- p9share-virtiofs-none: unknown transport" in md
 
 
@@ -323,3 +346,11 @@ def test_guest_benchmark_quick_run(tmp_path: Path) -> None:
         assert "vhost-user" in p9vu["skipped"] or "--cache" in p9vu["skipped"], p9vu
     else:
         assert not p9vu["failures"] and p9vu["server_cpu_seconds"] > 0, p9vu
+
+
+def test_guest_table_reports_the_load_of_each_run() -> None:
+    doc = _guest_doc()
+    assert "at the start of each run" not in report.guest_markdown(doc)  # older results
+    for i, r in enumerate(doc["runs"]):
+        r["load_before"] = [1.5 + i, 1.0, 1.0]
+    assert "1-minute load at the start of each run 1.50-6.50." in report.guest_markdown(doc)

@@ -1,5 +1,7 @@
 """The security model as a real Linux guest meets it: the guest's identity is
-the listener it comes in on (one socket per VM), never what it claims."""
+the listener it comes in on (one socket per VM), never what it claims. Over 9P
+(trans=tcp and trans=fd, an in-process server) and over virtio-fs (``p9share serve
+--config FILE`` with a vhost-user listener in the policy, QEMU's vhost-user-fs-pci)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from p9share.policy.idmap import mapped
 from p9share.server.server import Server
 from p9share.server.transport import parse_address
 from p9share.vmlab import Assets, run_guest
+from p9share.vmlab.virtiofsd import P9shareVhostUser
 
 pytestmark = pytest.mark.vm
 
@@ -116,6 +119,11 @@ def test_mapped_export_keeps_guest_ownership_and_devices_in_xattrs(
         srv.stop()
     assert res.status == 0, f"{res.output}\n{res.console[-2000:]}"
     assert "mapped done" in res.output
+    check_mapped_host_tree(share, layout)
+
+
+def check_mapped_host_tree(share: Path, layout: str) -> None:
+    """What MAPPED_GUEST left on the host: placeholders, never the real thing."""
     me = os.geteuid()
     for name in ("owned", "tty9", "disk", "pipe", "sl"):
         st = os.lstat(share / name)
@@ -128,3 +136,130 @@ def test_mapped_export_keeps_guest_ownership_and_devices_in_xattrs(
     assert os.getxattr(share / "owned", prefix + "uid") == (1234).to_bytes(4, "little")
     assert os.getxattr(share / "tty9", prefix + "rdev") == os.makedev(4, 9).to_bytes(8, "little")
     assert (share / "sl").read_text() == "/etc/passwd"  # the target, stored as data
+
+
+# ---- over virtio-fs: the identity is the vhost-user socket the policy names ----
+
+
+def serve_policy(base: Path, toml: str, sock: Path) -> P9shareVhostUser:
+    """``p9share serve --config`` of ``toml`` (a policy file), listening on ``sock``."""
+    conf = base / "policy.toml"
+    conf.write_text(toml)
+    return P9shareVhostUser(base, config=conf, socket_path=sock).start()
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int, int, int, bytes, dict[str, bytes]]]:
+    """Every entry's type and mode, owner, size, mtime, contents and xattrs."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = os.lstat(p)
+        data = p.read_bytes() if stat.S_ISREG(st.st_mode) else b""
+        xattrs = {
+            n: os.getxattr(p, n, follow_symlinks=False)
+            for n in os.listxattr(p, follow_symlinks=False)
+        }
+        out[str(p.relative_to(root))] = (
+            st.st_mode,
+            st.st_uid,
+            st.st_size,
+            st.st_mtime_ns,
+            data,
+            xattrs,
+        )
+    return out
+
+
+READ_ONLY_VIRTIOFS_GUEST = r"""
+fail() { echo "FAIL: $*"; exit 1; }
+erofs() {  # the command must fail, and with EROFS
+  "$@" 2>/tmp/err && fail "$* succeeded"
+  grep -q "Read-only file system" /tmp/err || fail "$*: $(cat /tmp/err)"
+}
+[ "$(cat readme)" = "docs" ] || fail read
+[ "$(cat sub/inner)" = "inner" ] || fail "read sub/inner"
+erofs sh -c 'echo x > new.txt'
+erofs sh -c 'echo more >> readme'
+erofs sh -c ': > readme'
+erofs mkdir newdir
+erofs rm readme
+erofs rmdir sub/empty
+erofs mv readme renamed
+erofs ln readme hard
+erofs ln -s readme sym
+erofs mkfifo fifo
+erofs chmod 0600 readme
+erofs chown 1:1 readme
+erofs touch -d 2001-01-01 readme
+erofs p9xattr set readme user.k v
+erofs truncate -s 0 readme
+[ "$(cat readme)" = "docs" ] || fail "readme changed: $(cat readme)"
+ls -la . sub
+echo "ro done"
+"""
+
+
+def test_read_only_identity_over_virtiofs_sees_erofs(vm_assets: Assets, base: Path) -> None:
+    """The client matched by the vhost-user listener has a read-only grant: every
+    kind of write fails with EROFS in the guest, and the host tree stays as it was
+    (names, modes, owners, sizes, times, contents, xattrs)."""
+    docs = base / "docs"
+    (docs / "sub" / "empty").mkdir(parents=True)
+    (docs / "readme").write_text("docs\n")
+    (docs / "sub" / "inner").write_text("inner\n")
+    os.setxattr(docs / "readme", "user.k", b"orig")
+    before = tree_state(docs)
+    sock = base / "vm-ro.fs"
+    policy = f"""
+[server]
+listen = [{{ address = "vhost-user:{sock}", name = "vm-ro", export = "docs" }}]
+[exports.docs]
+path = "{docs}"
+[clients.vm-ro]
+match = {{ listener = "vm-ro" }}
+exports = {{ docs = "ro" }}
+"""
+    backend = serve_policy(base, policy, sock)
+    try:
+        res = run_guest(READ_ONLY_VIRTIOFS_GUEST, transport="virtiofs", socket_path=sock,
+                        timeout=180, assets=vm_assets)  # fmt: skip
+    finally:
+        backend.close()
+    assert res.status == 0, f"{res.output}\n{res.console[-2000:]}"
+    assert "ro done" in res.output
+    assert res.mount_line.split()[2] == "virtiofs", res.mount_line
+    assert tree_state(docs) == before
+
+
+def test_mapped_export_over_virtiofs_keeps_guest_ownership_and_devices_in_xattrs(
+    vm_assets: Assets, base: Path
+) -> None:
+    """idmap = "mapped" with devices granted, over virtio-fs: the guest chowns,
+    chmods, makes char and block devices, a FIFO and a symlink, and sees them again
+    after a remount (a new FUSE INIT on the same device); on the host every one is
+    a plain private file of the server's account, the guest's view in xattrs."""
+    share = base / "share"
+    share.mkdir()
+    sock = base / "vm.fs"
+    policy = f"""
+[server]
+listen = [{{ address = "vhost-user:{sock}", name = "vm", export = "share" }}]
+[exports.share]
+path = "{share}"
+idmap = "mapped"
+[clients.vm]
+match = {{ listener = "vm" }}
+[clients.vm.exports.share]
+devices = true
+fifos = true
+sockets = true
+"""
+    backend = serve_policy(base, policy, sock)
+    try:
+        res = run_guest(MAPPED_GUEST, transport="virtiofs", socket_path=sock,
+                        timeout=180, assets=vm_assets)  # fmt: skip
+    finally:
+        backend.close()
+    assert res.status == 0, f"{res.output}\n{res.console[-2000:]}"
+    assert "mapped done" in res.output
+    assert res.mount_line.split()[2] == "virtiofs", res.mount_line
+    check_mapped_host_tree(share, "p9share")

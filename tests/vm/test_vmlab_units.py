@@ -225,6 +225,26 @@ def test_p9share_vhost_user_starts_or_is_reported_unsupported(
         b.close()
 
 
+def test_p9share_vhost_user_with_a_policy_file(tmp_path: Path) -> None:
+    # the policy names the socket, the export and the client: serve --config only
+    (tmp_path / "share").mkdir()
+    sock = tmp_path / "vm1.fs"
+    conf = tmp_path / "policy.toml"
+    conf.write_text(
+        f'[server]\nlisten = [{{ address = "vhost-user:{sock}", name = "vm1", export = "s" }}]\n'
+        f'[exports.s]\npath = "{tmp_path / "share"}"\ncache = "none"\n'
+        '[clients.vm1]\nmatch = { listener = "vm1" }\nexports = { s = "ro" }\n'
+    )
+    b = P9shareVhostUser(tmp_path / "share", config=conf, socket_path=sock)
+    assert b.command()[-2:] == ["--config", str(conf)]
+    with b:
+        assert unix_socket_listening(sock)
+    with pytest.raises(ValueError, match="socket_path"):
+        P9shareVhostUser(tmp_path, config=conf)
+    with pytest.raises(ValueError, match="cache"):
+        P9shareVhostUser(tmp_path, config=conf, cache="auto", socket_path=sock)
+
+
 def test_overlay_quotes_config_and_args() -> None:
     data = _overlay("tok", "echo hi\n", ["it's", "$HOME"], {"P9_ANAME": "/a b'c"}, {"/x/y": b"z"})
     entries = {e.name: e for e in read_archive(io.BytesIO(data))}

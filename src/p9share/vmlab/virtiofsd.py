@@ -249,12 +249,13 @@ class Virtiofsd(VhostUserBackend):
 
 
 class P9shareVhostUser(VhostUserBackend):
-    """``p9share serve EXPORT --listen vhost-user:SOCK`` (issue 10's contract) in a
-    subprocess. ``cache`` adds ``--cache MODE``: an option the server does not have
-    yet (the issue puts the cache mode in the policy's export); whoever adds it, or
-    another way to pass it, changes :meth:`command` only. Raises
-    :class:`BackendError` with ``unsupported`` set while the server refuses that
-    address or option."""
+    """``p9share serve EXPORT --listen vhost-user:SOCK [--cache MODE]`` (issue 10's
+    contract) in a subprocess, or, with ``config``, ``p9share serve --config FILE``:
+    the policy file then names the exports, the cache modes and the listeners, and
+    one of its vhost-user listeners must be ``socket_path`` (the socket this object
+    waits for and QEMU connects to); ``export`` is only the directory to create.
+    Raises :class:`BackendError` with ``unsupported`` set while the server refuses
+    that address or option."""
 
     name = "p9share serve --listen vhost-user"
     survives_disconnect = True  # the contract: the socket serves the next boot
@@ -264,19 +265,28 @@ class P9shareVhostUser(VhostUserBackend):
         export: str | os.PathLike[str],
         *,
         cache: str | None = None,
+        config: str | os.PathLike[str] | None = None,
         extra_args: Sequence[str] = (),
         socket_path: str | os.PathLike[str] | None = None,
         start_timeout: float = 20,
     ) -> None:
         if cache is not None and cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
+        if config is not None and (cache is not None or socket_path is None):
+            raise ValueError(
+                "with config= the policy file sets the cache mode (no cache=) and "
+                "socket_path= must be the vhost-user listener it names"
+            )
         super().__init__(export, socket_path=socket_path, start_timeout=start_timeout)
         self.cache = cache
+        self.config = None if config is None else Path(config).resolve()
         self.extra_args = tuple(extra_args)
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "p9share", "serve", str(self.export),
-               "--listen", f"vhost-user:{self.socket_path}", "--log-level", "warning"]  # fmt: skip
+        serve = [sys.executable, "-m", "p9share", "serve", "--log-level", "warning"]
+        if self.config is not None:
+            return [*serve, "--config", str(self.config), *self.extra_args]
+        cmd = [*serve, str(self.export), "--listen", f"vhost-user:{self.socket_path}"]
         if self.cache is not None:
             cmd += ["--cache", self.cache]
         return cmd + list(self.extra_args)
