@@ -202,7 +202,7 @@ class Operations:
                 else:
                     return node, self._open_existing(d, node, name, flags), False
             try:
-                node, file = self._new_file(d, lambda: d.backend.create(
+                node, file = self._new_file(d, name, lambda: d.backend.create(
                     d.node, name, flags | os.O_EXCL, perm, self.owner(d, gid)))  # fmt: skip
             except FileExistsError:
                 if flags & os.O_EXCL:
@@ -227,7 +227,7 @@ class Operations:
         a directory it only makes new files inherit the group."""
         self._check_change(d, name)
         perm = self.policy.new_mode(d.rights, mode & 0o5777) | (mode & stat_mod.S_ISGID)
-        return self._new_file(d, lambda: d.backend.mkdir(d.node, name, perm, self.owner(d, gid)))
+        return self._new_file(d, name, lambda: d.backend.mkdir(d.node, name, perm, self.owner(d, gid)))
 
     def symlink(self, d: Target, name: str, target: str, gid: int = NO_ID) -> Qid:
         self._check_change(d, name)
@@ -236,7 +236,7 @@ class Operations:
             raise OSError(errno.ENOENT, "empty symlink target")
         if "\0" in target:
             raise OSError(errno.EINVAL, "NUL in symlink target")
-        return self._new_file(d, lambda: d.backend.symlink(d.node, name, target,
+        return self._new_file(d, name, lambda: d.backend.symlink(d.node, name, target,
                                                            self.owner(d, gid)))  # fmt: skip
 
     def mknod(
@@ -253,7 +253,7 @@ class Operations:
         else:
             rdev = 0
         perm = kind | self.policy.new_mode(d.rights, mode & 0o7777)
-        return self._new_file(d, lambda: d.backend.mknod(d.node, name, perm, rdev,
+        return self._new_file(d, name, lambda: d.backend.mknod(d.node, name, perm, rdev,
                                                          self.owner(d, gid)))  # fmt: skip
 
     def link(self, d: Target, target: Target, name: str) -> None:
@@ -287,11 +287,18 @@ class Operations:
 
     # quotas: a new file is charged before it is made and refunded if making
     # it fails; a removal is refunded after it succeeds, by what it freed
-    def _new_file(self, d: Target, make: Callable[[], _T]) -> _T:
+    def _new_file(self, d: Target, name: str, make: Callable[[], _T]) -> _T:
         q = self.quotas.get(d.export.name)
         if q is None:
             return make()
-        q.charge(nfiles=1)
+        try:
+            q.charge(nfiles=1)
+        except PolicyError:
+            # a name that exists is EEXIST first, as on a local file system:
+            # a full quota must not make mkdir -p or O_EXCL retries fail
+            if self._entry(d, name) is not None:
+                raise OSError(errno.EEXIST, f"{name!r} exists") from None
+            raise
         try:
             return make()
         except BaseException:

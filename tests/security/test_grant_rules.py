@@ -450,3 +450,28 @@ def test_device_numbers_out_of_range_are_einval(
         assert not (root / "dev").exists()
     finally:
         srv.stop()
+
+
+def test_an_existing_name_is_eexist_even_with_the_file_quota_full(tmp_path: Path) -> None:
+    """mkdir of an existing directory with the quota full answered EDQUOT, so
+    a client re-making its directory after a reconnect never got going again
+    (found by the soak run after a kill -9)."""
+    root = tmp_path / "q"
+    root.mkdir()
+    srv = Server(Policy({"q": Export("q", str(root), quota_files=2)}))
+    addr = str(srv.listen(parse_address("tcp:127.0.0.1:0")))
+    try:
+        cl = RawClient.connect(addr, timeout=10)
+        cl.version()
+        cl.attach(0, "")
+        assert err(cl, m.Tmkdir(0, "d", 0o755, 0)) == 0
+        assert err(cl, m.Tmkdir(0, "e", 0o755, 0)) == 0
+        assert err(cl, m.Tmkdir(0, "f", 0o755, 0)) == errno.EDQUOT  # full
+        assert err(cl, m.Tmkdir(0, "d", 0o755, 0)) == errno.EEXIST
+        assert err(cl, m.Tsymlink(0, "e", "x", 0)) == errno.EEXIST
+        cl.walk(0, 1, [])
+        excl = c.L_O_RDWR | c.L_O_EXCL
+        assert err(cl, m.Tlcreate(1, "d", excl, 0o644, 0)) == errno.EEXIST
+        cl.close()
+    finally:
+        srv.stop()
