@@ -681,9 +681,10 @@ class HostBackend(Backend):
     def _finish_close(self, f: HostOpenFile) -> None:
         with self._lock:
             self._files.discard(f)
-        if f.fd >= 0:
-            os.close(f.fd)
-            f.fd = -1
+        with f.lock:  # taken once: shutdown() may be closing the same file
+            fd, f.fd = f.fd, -1
+        if fd >= 0:
+            os.close(fd)
         self.release(f.node)
 
     def _moved(
