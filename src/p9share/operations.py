@@ -227,7 +227,9 @@ class Operations:
         a directory it only makes new files inherit the group."""
         self._check_change(d, name)
         perm = self.policy.new_mode(d.rights, mode & 0o5777) | (mode & stat_mod.S_ISGID)
-        return self._new_file(d, name, lambda: d.backend.mkdir(d.node, name, perm, self.owner(d, gid)))
+        return self._new_file(
+            d, name, lambda: d.backend.mkdir(d.node, name, perm, self.owner(d, gid))
+        )
 
     def symlink(self, d: Target, name: str, target: str, gid: int = NO_ID) -> Qid:
         self._check_change(d, name)
