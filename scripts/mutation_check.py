@@ -78,7 +78,7 @@ MUTATIONS = [
         "open-grant",
         "opens for writing, truncating or removing ask the grant",
         OPS,
-        "        if wants_write(flags) or flags & os.O_TRUNC or removes:\n"
+        "        if wants_write(flags) or removes:\n"
         "            self.policy.check_write(t.rights)\n",
         "",
         (GRANTS,),

@@ -76,7 +76,8 @@ class Handle:
 
 
 def wants_write(flags: int) -> bool:
-    return flags & os.O_ACCMODE != os.O_RDONLY
+    """Whether an open with host flags changes the file (writes or truncates)."""
+    return flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
 
 
 def freed_by(a: Attr) -> tuple[int, int]:
@@ -157,7 +158,7 @@ class Operations:
             if wants_write(flags):
                 raise OSError(errno.EISDIR, "directories open read-only")
             flags |= os.O_DIRECTORY
-        if wants_write(flags) or flags & os.O_TRUNC or removes:
+        if wants_write(flags) or removes:
             self.policy.check_write(t.rights)
         file = self._open_file(t, flags)
         t.file, t.open_flags, t.setid_checked = file, flags, False

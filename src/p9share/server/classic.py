@@ -15,12 +15,12 @@ import stat as stat_mod
 from typing import TYPE_CHECKING
 
 from ..backend.base import Node
-from ..operations import Operations
+from ..operations import Operations, wants_write
 from ..protocol import constants as c
 from ..protocol import messages as m
 from ..protocol.connection import ServerConnection
 from .fids import Fid
-from .openflags import classic_to_host, wants_write
+from .openflags import classic_to_host
 
 
 class ClassicHandlers:

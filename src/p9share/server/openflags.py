@@ -74,7 +74,3 @@ def classic_to_host(mode: int) -> int:
     if mode & ~(3 | c.OTRUNC | c.ORCLOSE | c.OCEXEC | c.OEXCL | c.OAPPEND):
         raise OSError(errno.EINVAL, f"unknown open mode bits {mode:#x}")
     return host
-
-
-def wants_write(host_flags: int) -> bool:
-    return host_flags & os.O_ACCMODE != os.O_RDONLY or bool(host_flags & os.O_TRUNC)

@@ -749,8 +749,7 @@ class Session(ClassicHandlers):
         try:
             self._need_node(f)
             self._need_open(f)
-            if msg.type not in (c.LOCK_TYPE_RDLCK, c.LOCK_TYPE_WRLCK, c.LOCK_TYPE_UNLCK):
-                raise OSError(errno.EINVAL, f"bad lock type {msg.type}")
+            # (the lock type is the operation's to check)
             # Linux always sends UNLCK (it does not say which type it tests):
             # test for a write lock, which any other lock conflicts with.
             qtype = c.LOCK_TYPE_WRLCK if msg.type == c.LOCK_TYPE_UNLCK else msg.type
